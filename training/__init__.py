@@ -1,0 +1,1 @@
+"""Training side of SceneSpell: PyTorch models, training loops and ONNX export."""

@@ -1,0 +1,87 @@
+"""Scene CNNs. Every network takes uint8 NHWC images; `Normalize` turns them into what the layers expect.
+
+The normalisation is part of the module, so the exported ONNX graph takes raw pixels and nobody
+repeats the mean and standard deviation elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NUM_CLASSES = 6
+
+
+class Normalize(nn.Module):
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W], scaled to [0, 1] then standardised per channel."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        return (x - self.mean) / self.std
+
+
+def conv_block(c_in: int, c_out: int, batch_norm: bool, dropout: float) -> nn.Sequential:
+    layers = [nn.Conv2d(c_in, c_out, 3, stride=1, padding=1)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2, 2), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+def vanilla(dropout: float = 0.1) -> nn.Sequential:
+    """The reference network: 3 conv blocks (32/64/128), flatten, 1024, 512, 6. 5,340,742 parameters."""
+    return nn.Sequential(
+        conv_block(3, 32, False, dropout),
+        conv_block(32, 64, False, dropout),
+        conv_block(64, 128, False, dropout),
+        nn.Flatten(),
+        nn.Linear(128 * 6 * 6, 1024),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(1024, 512),
+        nn.ReLU(inplace=True),
+        nn.Linear(512, NUM_CLASSES),
+    )
+
+
+def bn_gap(dropout: float = 0.1) -> nn.Sequential:
+    """vanilla with batch norm after each conv and the first dense layer, global average pooling. 755,718."""
+    return nn.Sequential(
+        conv_block(3, 32, True, dropout),
+        conv_block(32, 64, True, dropout),
+        conv_block(64, 128, True, dropout),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 1024),
+        nn.BatchNorm1d(1024),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(1024, 512),
+        nn.ReLU(inplace=True),
+        nn.Linear(512, NUM_CLASSES),
+    )
+
+
+NETWORKS = {"vanilla": vanilla, "bn-gap": bn_gap}
+
+
+class SceneClassifier(nn.Module):
+    """Normalisation followed by one of NETWORKS: uint8 NHWC images in, logits out."""
+
+    def __init__(self, network: str, mean: list[float], std: list[float]):
+        super().__init__()
+        self.network_name = network
+        self.normalize = Normalize(mean, std)
+        self.net = NETWORKS[network]()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(images))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,126 @@
+"""Export the best run of each scene network to exports/, and the best overall as the served cnn.onnx.
+
+    python -m training.export_cnn                      # picks runs from results/cnn/*/metrics.json
+    python -m training.export_cnn --runs vanilla-lr0.01 bn-gap-lr0.01
+
+After export, ONNX Runtime must agree with PyTorch within 1e-4 on the logits of real images and on the
+label of every test image; otherwise the export is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exports import EXPORTS_DIR
+from training import checkpoint
+from training.cnn import SceneClassifier, count_parameters
+from training.onnx_export import export, session
+from training.scenes import DataError, load_scenes
+from training.train_cnn import DEFAULT_DATA
+
+TOLERANCE = 1e-4
+
+
+def best_runs(results: Path) -> dict[str, dict]:
+    """network -> metrics of its run with the best validation accuracy."""
+    best: dict[str, dict] = {}
+    for path in sorted(results.glob("*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        network = metrics["config"]["network"]
+        if network not in best or metrics["val_acc"] > best[network]["val_acc"]:
+            best[network] = metrics
+    return best
+
+
+def load_model(run_dir: Path) -> SceneClassifier:
+    state = checkpoint.load(run_dir / "best.pt")
+    model = SceneClassifier(state["network"], state["mean"], state["std"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def check_parity(model: SceneClassifier, path: Path, images: np.ndarray) -> dict:
+    """Largest logit difference on the first 256 images, and label agreement over all of `images`."""
+    onnx_session = session(path)
+    with torch.inference_mode():
+        torch_logits = torch.cat([model(torch.from_numpy(images[i : i + 256])) for i in range(0, len(images), 256)])
+    onnx_logits = np.concatenate(
+        [onnx_session.run(["logits"], {"images": images[i : i + 256]})[0] for i in range(0, len(images), 256)]
+    )
+    diff = float(np.abs(torch_logits.numpy()[:256] - onnx_logits[:256]).max())
+    agree = int((torch_logits.argmax(1).numpy() == onnx_logits.argmax(1)).sum())
+    report = {"max_abs_logit_diff": diff, "labels_agree": agree, "images": len(images)}
+    if diff > TOLERANCE or agree != len(images):
+        raise SystemExit(f"error: {path}: ONNX Runtime and PyTorch disagree: {report}")
+    return report
+
+
+def export_run(metrics: dict, runs: Path, out: Path, class_names: list[str], test_images: np.ndarray) -> dict:
+    model = load_model(runs / metrics["name"])
+    params = count_parameters(model)
+    assert params == metrics["params"], (params, metrics["params"])
+    size = test_images.shape[1:3]
+    export(
+        model,
+        (torch.from_numpy(test_images[:2]),),
+        out,
+        inputs=["images"],
+        outputs=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        metadata={
+            "kind": "classifier",
+            "name": metrics["config"]["network"],
+            "class_names": class_names,
+            "params": params,
+            "metrics": {"val_acc": metrics["val_acc"], "test_acc": metrics["test_acc"],
+                        "best_epoch": metrics["best_epoch"]},
+            "data_sha256": metrics["data_sha256"],
+            "train_command": metrics["train_command"],
+            "preprocessing": {
+                "input": "images", "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
+                "height": int(size[0]), "width": int(size[1]), "resample": "bicubic", "keep_aspect": False,
+                "normalization": "inside the graph",
+                "mean": model.normalize.mean.flatten().tolist(), "std": model.normalize.std.flatten().tolist(),
+            },
+        },
+    )  # fmt: skip
+    parity = check_parity(model, out, test_images)
+    print(
+        f"{out}: {metrics['name']} val_acc {metrics['val_acc']:.4f} test_acc {metrics['test_acc']:.4f}; parity {parity}"
+    )
+    return parity
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--runs-dir", default="runs/cnn")
+    parser.add_argument("--results", default="results/cnn")
+    parser.add_argument("--out", default=str(EXPORTS_DIR))
+    args = parser.parse_args(argv)
+    try:
+        data = load_scenes(args.data)
+    except DataError as error:
+        raise SystemExit(f"error: {error}") from None
+    best = best_runs(Path(args.results))
+    if not best:
+        raise SystemExit(f"error: no finished runs in {args.results}/*/metrics.json; run `make train-cnn` first")
+    out = Path(args.out)
+    parity = {}
+    for network, metrics in best.items():
+        path = out / f"cnn-{network}.onnx"
+        parity[network] = export_run(metrics, Path(args.runs_dir), path, list(data.class_names), data.images["test"])
+    winner = max(best, key=lambda network: best[network]["val_acc"])
+    shutil.copyfile(out / f"cnn-{winner}.onnx", out / "cnn.onnx")
+    print(f"{out / 'cnn.onnx'}: {winner} (best validation accuracy)")
+    Path(args.results, "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
