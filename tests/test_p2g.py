@@ -1,0 +1,219 @@
+"""P2G data split, the two reference spellers, the shared decoding, metrics and the speller exports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from exports import EXPORTS_DIR, decoding
+from exports.runtime import SpellerGraphs
+from training.p2g_data import Vocab, cmudict_splits, spellings_by_key, split_of, tsv_splits
+from training.p2g_metrics import error_rates, wer_at_k
+from training.p2g_model import Speller, SpellerConfig
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return cmudict_splits()
+
+
+@pytest.fixture(scope="module")
+def vocab(splits):
+    return Vocab.from_pairs([p for pairs in splits.values() for p in pairs])
+
+
+def test_contract_split(splits):
+    assert {s: len(p) for s, p in splits.items()} == {"train": 120_607, "valid": 6_697, "test": 6_669}
+    keys = {s: {p.key for p in pairs} for s, pairs in splits.items()}
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["valid"] and not keys["valid"] & keys["test"]
+    assert all(split_of(k) == "test" for k in list(keys["test"])[:100])
+    assert all(not any(c.isdigit() for c in p.key) for p in splits["test"])
+
+
+def test_tsv_lexicon(tmp_path):
+    for split, text in {
+        "train": "K AE1 T\tcat\nD AO1 G\tDog\n",
+        "valid": "K AE1 T\tkat\n",
+        "test": "B AH1 S\tbus\n",
+    }.items():
+        (tmp_path / split).write_text(text)
+    loaded = tsv_splits(tmp_path)
+    assert loaded["train"][1].phonemes == ("D", "AO", "G") and loaded["train"][1].word == "dog"
+    (tmp_path / "test").write_text("no tab here\n")
+    with pytest.raises(ValueError, match="test:1"):
+        tsv_splits(tmp_path)
+
+
+@pytest.mark.parametrize(("attention", "expected"), [(True, 663_070), (False, 474_910)])
+def test_parameter_counts(vocab, attention, expected):
+    model = Speller(len(vocab.phonemes), len(vocab.graphemes), SpellerConfig(attention=attention))
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_padding_changes_nothing_and_teacher_forcing_equals_steps(vocab, attention):
+    torch.manual_seed(0)
+    model = Speller(len(vocab.phonemes), len(vocab.graphemes), SpellerConfig(attention=attention)).eval()
+    short = torch.tensor([[5, 6, 7]])
+    padded = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
+    with torch.no_grad():
+        alone, together = model.initial_state(short), model.initial_state(padded)
+        assert torch.allclose(alone["h"][0], together["h"][0], atol=1e-6)
+        if attention:
+            assert torch.allclose(alone["memory"][0], together["memory"][0, :3], atol=1e-6)
+        targets = torch.tensor([[1, 5, 6, 7, 2], [1, 9, 8, 2, 0]])
+        forced = model(padded, targets)
+        state = model.initial_state(padded)
+        h, c = state.pop("h"), state.pop("c")
+        for t in range(targets.shape[1] - 1):
+            logits, h, c, _ = model.decoder.step(targets[:, t], h, c, **state)
+            assert torch.allclose(forced[:, t], logits, atol=1e-5)
+
+
+def test_padding_is_masked_in_the_loss(vocab):
+    torch.manual_seed(0)
+    model = Speller(len(vocab.phonemes), len(vocab.graphemes), SpellerConfig()).eval()
+    phonemes, targets = torch.tensor([[5, 6, 7]]), torch.tensor([[1, 5, 6, 2]])
+    with torch.no_grad():
+        alone = model.loss(phonemes, targets)
+        padded = model.loss(torch.tensor([[5, 6, 7, 0]]), torch.tensor([[1, 5, 6, 2, 0, 0]]))
+    assert torch.allclose(alone, padded, atol=1e-6)
+
+
+# A toy model for the decoding tests: the next token's log-probabilities depend on the step and a per-row offset.
+VOCAB, BOS, EOS = 7, 1, 2
+
+
+def toy_step(tokens, state):
+    t = state["t"]
+    logits = np.sin(np.arange(VOCAB)[None, :] * (t[:, None] + 1) + state["offset"][:, None]) * 3
+    logits[:, [0, BOS]] = -1e9
+    logits[:, EOS] += t[:, None][:, 0] - 3
+    log_probs = (
+        logits
+        - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+        - logits.max(1, keepdims=True)
+    )
+    return log_probs, {**state, "t": t + 1}
+
+
+def toy_state(rows=5):
+    return {"t": np.zeros(rows), "offset": np.linspace(0, 2, rows)}
+
+
+def test_greedy_is_argmax_at_every_step():
+    sequences, scores = decoding.greedy(toy_step, toy_state(), BOS, EOS, max_len=20)
+    for row, sequence in enumerate(sequences):
+        state = {k: v[row : row + 1] for k, v in toy_state().items()}
+        token, expected, total = np.array([BOS]), [], 0.0
+        for _ in range(20):
+            log_probs, state = toy_step(token, state)
+            token = log_probs.argmax(1)
+            total += log_probs[0, token[0]]
+            if token[0] == EOS:
+                break
+            expected.append(int(token[0]))
+        assert sequence == expected
+        assert scores[row] == pytest.approx(total)
+
+
+def test_length_cap():
+    sequences, _ = decoding.greedy(toy_step, toy_state(), BOS, EOS, max_len=2)
+    assert all(len(s) <= 2 for s in sequences)
+
+
+def test_nucleus_with_tiny_top_p_is_greedy():
+    greedy, _ = decoding.greedy(toy_step, toy_state(), BOS, EOS, 20)
+    samples, _ = decoding.nucleus(toy_step, toy_state(), BOS, EOS, 20, n=4, top_p=1e-9, seed=3)
+    assert all(all(s == g for s in word) for word, g in zip(samples, greedy))
+
+
+def test_nucleus_same_seed_same_samples_and_shapes():
+    a, score_a = decoding.nucleus(toy_step, toy_state(), BOS, EOS, 20, n=6, top_p=0.9, temperature=1.5, seed=11)
+    b, score_b = decoding.nucleus(toy_step, toy_state(), BOS, EOS, 20, n=6, top_p=0.9, temperature=1.5, seed=11)
+    c, _ = decoding.nucleus(toy_step, toy_state(), BOS, EOS, 20, n=6, top_p=0.9, temperature=1.5, seed=12)
+    assert a == b and np.array_equal(score_a, score_b) and a != c
+    assert len(a) == 5 and all(len(word) == 6 for word in a) and score_a.shape == (5, 6)
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.5, 0.75, 0.9, 0.99])
+def test_nucleus_keeps_the_smallest_set_reaching_top_p(top_p):
+    probs = np.array([0.05, 0.4, 0.1, 0.25, 0.2])
+    order = np.argsort(-probs)
+    size = int(np.searchsorted(np.cumsum(probs[order]), top_p) + 1)  # smallest k with mass >= top_p
+    expected = set(order[:size].tolist())
+    rng = np.random.default_rng(0)
+    drawn = nucleus_draws = decoding.nucleus_sample(np.log(np.tile(probs, (4000, 1))), top_p, 1.0, rng)
+    assert set(np.unique(nucleus_draws).tolist()) == expected
+    kept = probs[order[:size]] / probs[order[:size]].sum()
+    frequencies = np.array([(drawn == token).mean() for token in order[:size]])
+    assert np.abs(frequencies - kept).max() < 0.03
+
+
+def test_metrics():
+    spellings = {"K AE T": {"cat", "kat"}, "D AO G": {"dog"}}
+    rates = error_rates(["cat", "dog"], ["kat", "dog"], ["K AE T", "D AO G"], spellings)
+    assert rates["wer"] == 0.5 and rates["homophone_wer"] == 0.0 and rates["cer"] == pytest.approx(1 / 6)
+    assert wer_at_k(["cat", "dog"], [["kat", "cat"], ["dig", "dug"]], 1) == 1.0
+    assert wer_at_k(["cat", "dog"], [["kat", "cat"], ["dig", "dug"]], 2) == 0.5
+
+
+def test_export_has_dynamic_batch_and_lengths(tmp_path, vocab):
+    """A fresh model exported to ONNX gives the PyTorch log-probabilities at other batch sizes and lengths."""
+    from training.export_p2g import DecoderStepGraph, EncoderGraph
+    from training.onnx_export import export
+
+    torch.manual_seed(0)
+    model = Speller(len(vocab.phonemes), len(vocab.graphemes), SpellerConfig()).eval()
+    meta = {"kind": "speller", "name": "t", "part": "", "phonemes": [], "graphemes": [], "special_tokens": {},
+            "stress": False, "max_input_length": 64, "max_output_length": 48, "params": 0, "metrics": {},
+            "data_sha256": "", "train_command": ""}  # fmt: skip
+    example = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    state = model.initial_state(example)
+    names = list(state)
+    axes = {n: {0: "batch", 1: "time"} for n in ("phonemes", "memory", "keys", "mask", "attention")}
+    axes |= {n: {0: "batch"} for n in ("h", "c", "token", "log_probs", "h_next", "c_next")}
+    export(EncoderGraph(model, names), (example,), tmp_path / "p2g-t.encoder.onnx", ["phonemes"], names, axes, meta)
+    export(DecoderStepGraph(model), (torch.tensor([1, 1]), *state.values()), tmp_path / "p2g-t.decoder.onnx",
+           ["token", *names], ["log_probs", "h_next", "c_next", "attention"], axes, meta)  # fmt: skip
+    graphs = SpellerGraphs(tmp_path / "p2g-t")
+    for batch, length in ((1, 1), (3, 7), (2, 12)):
+        phonemes = torch.randint(3, 40, (batch, length))
+        phonemes[0, length // 2 + 1 :] = 0 if length > 2 else phonemes[0, length // 2 + 1 :]
+        onnx_state = graphs.initial_state(phonemes.numpy())
+        tokens = np.full(batch, 1, dtype=np.int64)
+        onnx_log_probs, _ = graphs.step(tokens, onnx_state)
+        with torch.no_grad():
+            torch_state = model.initial_state(phonemes)
+            logits, *_ = model.decoder.step(torch.from_numpy(tokens), **torch_state)
+        assert np.abs(onnx_log_probs - torch.log_softmax(logits, 1).numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["attention", "vanilla"])
+def test_committed_speller_reproduces_its_test_metrics(name, splits):
+    """Greedy decoding of the whole test split through ONNX Runtime gives the CER and WER in the metadata."""
+    graphs = SpellerGraphs(EXPORTS_DIR / f"p2g-{name}", threads=2)
+    meta = graphs.metadata
+    index = {s: i for i, s in enumerate(meta["phonemes"])}
+    bos, eos = meta["special_tokens"]["bos"], meta["special_tokens"]["eos"]
+    pairs, words = splits["test"], []
+    for start in range(0, len(pairs), 1024):
+        chunk = pairs[start : start + 1024]
+        batch = np.zeros((len(chunk), max(len(p.phonemes) for p in chunk)), dtype=np.int64)
+        for row, pair in enumerate(chunk):
+            batch[row, : len(pair.phonemes)] = [index[s] for s in pair.phonemes]
+        sequences, _ = decoding.greedy(graphs.step, graphs.initial_state(batch), bos, eos, meta["max_output_length"])
+        words += ["".join(meta["graphemes"][t] for t in s) for s in sequences]
+    rates = error_rates([p.word for p in pairs], words, [p.key for p in pairs], spellings_by_key(splits))
+    for key in ("cer", "wer", "homophone_wer"):
+        assert rates[key] == pytest.approx(meta["metrics"]["test"][key], abs=1e-9), key
+
+
+def test_reference_targets_reached():
+    """Greedy attention: CER <= 0.16, WER <= 0.60; vanilla clearly worse; WER@3 below greedy WER."""
+    attention = SpellerGraphs(EXPORTS_DIR / "p2g-attention").metadata["metrics"]["test"]
+    vanilla = SpellerGraphs(EXPORTS_DIR / "p2g-vanilla").metadata["metrics"]["test"]
+    assert attention["cer"] <= 0.16 and attention["wer"] <= 0.60, attention
+    assert vanilla["cer"] > attention["cer"] + 0.02 and vanilla["wer"] > attention["wer"] + 0.02, vanilla
+    assert attention["wer@3"] < attention["wer"], attention

