@@ -1,0 +1,75 @@
+"""Speller: an exported P2G model on ONNX Runtime, from ARPAbet phonemes to spellings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from exports import decoding
+from exports.runtime import SpellerGraphs
+from serving.errors import InputError
+
+DECODINGS = ("greedy", "nucleus")
+
+
+class Speller:
+    def __init__(self, prefix: Path, threads: int | None = None):
+        self.graphs = SpellerGraphs(prefix, threads)
+        self.metadata = self.graphs.metadata
+        self.name: str = self.metadata["name"]
+        self.phonemes: list[str] = self.metadata["phonemes"]
+        self.graphemes: list[str] = self.metadata["graphemes"]
+        self.special = self.metadata["special_tokens"]
+        self.index = {symbol: i for i, symbol in enumerate(self.phonemes) if i != self.special["phoneme_pad"]}
+        self.max_input_length = int(self.metadata["max_input_length"])
+        self.max_output_length = int(self.metadata["max_output_length"])
+
+    def parse(self, phonemes: str | list[str]) -> list[str]:
+        """ARPAbet symbols, separated by spaces or as a list; case-insensitive; stress digits dropped."""
+        symbols = phonemes.split() if isinstance(phonemes, str) else [s.strip() for s in phonemes]
+        if not symbols or any(not s for s in symbols):
+            raise InputError("field 'phonemes' is empty" if not symbols else "field 'phonemes' has an empty symbol")
+        if len(symbols) > self.max_input_length:
+            raise InputError(f"field 'phonemes' has {len(symbols)} symbols, over the limit of {self.max_input_length}")
+        normalized = [s.upper() if self.metadata["stress"] else s.upper().rstrip("012") for s in symbols]
+        unknown = sorted({raw for raw, s in zip(symbols, normalized) if s not in self.index})
+        if unknown:
+            raise InputError(f"field 'phonemes' has unknown ARPAbet symbols: {', '.join(unknown)}")
+        return normalized
+
+    def spell(
+        self,
+        symbols: list[str],
+        decoding_name: str = "greedy",
+        n: int = 1,
+        top_p: float = 0.8,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> tuple[list[str], list[float]]:
+        """n spellings of one word and their log-probabilities, in one batched pass."""
+        if decoding_name not in DECODINGS:
+            raise InputError(f"field 'decoding' must be one of {', '.join(DECODINGS)}")
+        if decoding_name == "greedy" and n != 1:
+            raise InputError("field 'n' must be 1 with greedy decoding (use 'nucleus' for several spellings)")
+        state = self.graphs.initial_state(np.array([[self.index[s] for s in symbols]], dtype=np.int64))
+        bos, eos = self.special["bos"], self.special["eos"]
+        if decoding_name == "greedy":
+            sequences, scores = decoding.greedy(self.graphs.step, state, bos, eos, self.max_output_length)
+        else:
+            samples, sample_scores = decoding.nucleus(
+                self.graphs.step, state, bos, eos, self.max_output_length, n, top_p, temperature, seed
+            )
+            sequences, scores = samples[0], sample_scores[0]
+        return [self.word(s) for s in sequences], [float(s) for s in scores]
+
+    def word(self, tokens: list[int]) -> str:
+        return "".join(self.graphemes[t] for t in tokens if t not in self.special.values())
+
+    def describe(self) -> dict:
+        m = self.metadata
+        return {"name": self.name, "params": m["params"], "metrics": m["metrics"], "phonemes": list(self.index),
+                "graphemes": [g for i, g in enumerate(self.graphemes) if i not in self.special.values()],
+                "decodings": list(DECODINGS), "max_input_length": self.max_input_length,
+                "data_sha256": m["data_sha256"], "train_command": m["train_command"],
+                "files": [self.graphs.encoder_path.name, self.graphs.decoder_path.name]}  # fmt: skip
