@@ -18,3 +18,29 @@ def save(path: Path, **state) -> None:
 
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_progress(path: Path, model, optimizer, generator: torch.Generator, history: list, best: dict) -> None:
+    """Everything needed to continue a run exactly where it stopped: weights, optimizer, RNG states, history."""
+    save(
+        path,
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        generator=generator.get_state(),
+        torch_rng=torch.get_rng_state(),
+        history=history,
+        best=best,
+    )
+
+
+def resume(path: Path, model, optimizer, generator: torch.Generator, name: str) -> tuple[list, dict] | None:
+    """Restore what save_progress wrote, if the file exists; returns (history, best) or None."""
+    if not path.exists():
+        return None
+    state = load(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    print(f"{name}: resumed after epoch {len(state['history'])}", flush=True)
+    return state["history"], state["best"]

@@ -1,6 +1,6 @@
 """The speller results table (markdown) from results/p2g/*/metrics.json.
 
-    python -m training.p2g_report     # prints it and writes results/p2g/results.md
+python -m training.p2g_report     # prints it and writes results/p2g/results.md
 """
 
 from __future__ import annotations

@@ -86,14 +86,8 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
     generator = torch.Generator().manual_seed(config.seed)
     history, best = [], {"val_acc": -1.0, "epoch": 0}
     last = run_dir / "last.pt"
-    if resume and last.exists():
-        state = checkpoint.load(last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history, best = state["history"], state["best"]
-        print(f"{config.name}: resumed after epoch {len(history)}", flush=True)
+    if resume and (restored := checkpoint.resume(last, model, optimizer, generator, config.name)):
+        history, best = restored
     params = count_parameters(model)
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
@@ -113,15 +107,7 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
         if val_acc > best["val_acc"]:
             best = {"val_acc": val_acc, "epoch": epoch}
             checkpoint.save(run_dir / "best.pt", model=model.state_dict(), network=config.network, mean=mean, std=std)
-        checkpoint.save(
-            last,
-            model=model.state_dict(),
-            optimizer=optimizer.state_dict(),
-            generator=generator.get_state(),
-            torch_rng=torch.get_rng_state(),
-            history=history,
-            best=best,
-        )
+        checkpoint.save_progress(last, model, optimizer, generator, history, best)
     model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
     _, test_acc, _ = evaluate(model, *tensors["test"])
     metrics = {

@@ -135,14 +135,8 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
     generator = torch.Generator().manual_seed(config.seed)
     history, best = [], {"val_cer": float("inf"), "epoch": 0}
     last = run_dir / "last.pt"
-    if resume and last.exists():
-        state = checkpoint.load(last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history, best = state["history"], state["best"]
-        print(f"{config.model}: resumed after epoch {len(history)}", flush=True)
+    if resume and (restored := checkpoint.resume(last, model, optimizer, generator, config.model)):
+        history, best = restored
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         train_loss = train_epoch(model, optimizer, splits["train"], vocab, config, generator, f"{config.model} {epoch}")
@@ -159,15 +153,7 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
         if val["cer"] < best["val_cer"]:
             best = {"val_cer": val["cer"], "epoch": epoch}
             checkpoint.save(run_dir / "best.pt", model=model.state_dict(), config=asdict(config), vocab=vocab)
-        checkpoint.save(
-            last,
-            model=model.state_dict(),
-            optimizer=optimizer.state_dict(),
-            generator=generator.get_state(),
-            torch_rng=torch.get_rng_state(),
-            history=history,
-            best=best,
-        )
+        checkpoint.save_progress(last, model, optimizer, generator, history, best)
     model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
     metrics = {
         "name": config.model,
