@@ -155,3 +155,24 @@ def test_committed_sweep_table_matches_the_run_metrics():
     assert all((p.parent / "curves.png").is_file() for p in paths)
     metrics = sorted_runs([json.loads(p.read_text()) for p in paths])
     assert (results_dir / "sweep.md").read_text() == results_table(metrics)
+
+
+def test_augmentations_keep_shape_and_reduce_to_identity_or_flip():
+    from training.augment import flip_crop, resized_crop_jitter
+
+    images = torch.randint(0, 256, (16, 48, 48, 3), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    for out in (flip_crop(images, generator, pad=0), resized_crop_jitter(images, generator, (1, 1), (1, 1), 0)):
+        assert out.shape == images.shape and out.dtype == torch.float32
+        flipped = images.flip(2).float()
+        same = [torch.allclose(o, i.float(), atol=1e-3) or torch.allclose(o, f, atol=1e-3)
+                for o, i, f in zip(out, images, flipped)]  # fmt: skip
+        assert all(same)
+    moved = flip_crop(images, generator, pad=4)
+    assert not torch.equal(moved, images.float()) and moved.min() >= 0 and moved.max() <= 255
+
+
+def test_residual_network_fits_the_parameter_budget():
+    model = SceneClassifier("resnet", [0.5] * 3, [0.25] * 3)
+    assert count_parameters(model) <= 3_000_000
+    assert model(torch.zeros(2, 48, 48, 3, dtype=torch.uint8)).shape == (2, 6)

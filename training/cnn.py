@@ -67,7 +67,43 @@ def bn_gap(dropout: float = 0.1) -> nn.Sequential:
     )
 
 
-NETWORKS = {"vanilla": vanilla, "bn-gap": bn_gap}
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a shortcut (a 1x1 projection when the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet(widths: tuple[int, ...] = (48, 96, 192), blocks: int = 2, dropout: float = 0.1) -> nn.Sequential:
+    """A residual network for 48x48 inputs: a 3x3 stem, then one stage per width, each halving the
+    resolution (48 -> 24 -> 12 -> 6), global average pooling and one linear layer."""
+    layers: list[nn.Module] = [nn.Conv2d(3, widths[0] // 2, 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0] // 2),
+                               nn.ReLU(inplace=True)]  # fmt: skip
+    c_in = widths[0] // 2
+    for width in widths:
+        for i in range(blocks):
+            layers.append(BasicBlock(c_in, width, 2 if i == 0 else 1))
+            c_in = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, NUM_CLASSES)]
+    return nn.Sequential(*layers)
+
+
+NETWORKS = {"vanilla": vanilla, "bn-gap": bn_gap, "resnet": resnet}
 
 
 class SceneClassifier(nn.Module):

@@ -1,6 +1,10 @@
 """Train one scene CNN with SGD; keep the checkpoint with the best validation accuracy.
 
-python -m training.train_cnn --network bn-gap --lr 0.01 --epochs 40
+    python -m training.train_cnn --network bn-gap --lr 0.01 --epochs 40
+    python -m training.train_cnn --network resnet --lr 0.2 --epochs 30 --augment resized-crop \
+        --label-smoothing 0.1 --schedule onecycle --nesterov --weight-decay 5e-4 --ema 0.999 --name resnet
+
+The defaults are the reference recipe (no augmentation, constant learning rate).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training import checkpoint
-from training.cnn import NETWORKS, SceneClassifier, count_parameters
+from training.augment import AUGMENTATIONS, mixup
+from training.cnn import NETWORKS, NUM_CLASSES, SceneClassifier, count_parameters
 from training.plots import plot_curves
 from training.scenes import DataError, SceneData, load_scenes
 
@@ -34,13 +39,20 @@ class Config:
     batch_size: int = 64
     momentum: float = 0.9
     weight_decay: float = 0.0
+    nesterov: bool = False
+    schedule: str = "constant"  # or "onecycle": warm up to lr, then anneal, stepped every batch
+    augment: str = "none"  # a key of training.augment.AUGMENTATIONS
+    mixup: float = 0.0  # Beta(alpha, alpha) mixing weight; 0 = off
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and kept; 0 = off
     seed: int = 0
     data: str = DEFAULT_DATA
+    run_name: str = ""
     threads: int = 2
 
     @property
     def name(self) -> str:
-        return f"{self.network}-lr{self.lr:g}"
+        return self.run_name or f"{self.network}-lr{self.lr:g}"
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -57,17 +69,27 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return F.cross_entropy(logits, labels).item(), (predictions == labels).float().mean().item(), predictions
 
 
-def train_epoch(model, optimizer, images, labels, batch_size, generator, desc) -> float:
+def train_epoch(model, optimizer, schedule, ema, images, labels, config: Config, generator, desc) -> float:
     model.train()
+    augment = AUGMENTATIONS[config.augment]
     order = torch.randperm(len(images), generator=generator)
     total, seen = 0.0, 0
-    bar = tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not sys.stderr.isatty())
+    bar = tqdm(range(0, len(order), config.batch_size), desc=desc, leave=False, disable=not sys.stderr.isatty())
     for start in bar:
-        batch = order[start : start + batch_size]
-        loss = F.cross_entropy(model(images[batch]), labels[batch])
+        batch = order[start : start + config.batch_size]
+        inputs, targets = images[batch], labels[batch]
+        if augment is not None:
+            inputs = augment(inputs, generator)
+        if config.mixup:
+            inputs, targets = mixup(inputs.float(), targets, NUM_CLASSES, config.mixup, generator)
+        loss = F.cross_entropy(model(inputs), targets, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total += loss.item() * len(batch)
         seen += len(batch)
         bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
@@ -81,20 +103,39 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
     mean, std = channel_stats(data.images["train"])
     model = SceneClassifier(config.network, mean, std)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
     )
+    steps = (len(tensors["train"][0]) + config.batch_size - 1) // config.batch_size
+    schedule = (
+        torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, epochs=config.epochs, steps_per_epoch=steps)
+        if config.schedule == "onecycle"
+        else None
+    )
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True
+        )
+        if config.ema
+        else None
+    )
+    evaluated = model if ema is None else ema.module  # the weights that are measured, kept and exported
     generator = torch.Generator().manual_seed(config.seed)
     history, best = [], {"val_acc": -1.0, "epoch": 0}
     last = run_dir / "last.pt"
-    if resume and (restored := checkpoint.resume(last, model, optimizer, generator, config.name)):
+    extra = {"schedule": schedule, "ema": ema}
+    if resume and (restored := checkpoint.resume(last, model, optimizer, generator, config.name, **extra)):
         history, best = restored
     params = count_parameters(model)
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         train_loss = train_epoch(
-            model, optimizer, *tensors["train"], config.batch_size, generator, f"{config.name} {epoch}"
+            model, optimizer, schedule, ema, *tensors["train"], config, generator, f"{config.name} {epoch}"
         )
-        val_loss, val_acc, _ = evaluate(model, *tensors["val"])
+        val_loss, val_acc, _ = evaluate(evaluated, *tensors["val"])
         seconds = time.perf_counter() - start
         history.append(
             {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds}
@@ -106,10 +147,11 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
         )
         if val_acc > best["val_acc"]:
             best = {"val_acc": val_acc, "epoch": epoch}
-            checkpoint.save(run_dir / "best.pt", model=model.state_dict(), network=config.network, mean=mean, std=std)
-        checkpoint.save_progress(last, model, optimizer, generator, history, best)
-    model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
-    _, test_acc, _ = evaluate(model, *tensors["test"])
+            state = evaluated.state_dict()
+            checkpoint.save(run_dir / "best.pt", model=state, network=config.network, mean=mean, std=std)
+        checkpoint.save_progress(last, model, optimizer, generator, history, best, **extra)
+    evaluated.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
+    _, test_acc, _ = evaluate(evaluated, *tensors["test"])
     metrics = {
         "name": config.name,
         "config": asdict(config),
@@ -135,17 +177,31 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
 
 
 def config_args(config: Config) -> list[str]:
-    return [f"--{key.replace('_', '-')}={value}" for key, value in asdict(config).items() if key != "threads"]
+    """The command-line flags that reproduce `config` (flags are spelled as in parse_args)."""
+    flags = []
+    for key, value in asdict(config).items():
+        if key == "threads" or (key == "run_name" and not value):
+            continue
+        flag = "--name" if key == "run_name" else f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        else:
+            flags.append(f"{flag}={value}")
+    return flags
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Config()
     parser.add_argument("--network", choices=sorted(NETWORKS), default=defaults.network)
-    for key in ("lr", "momentum", "weight_decay"):
+    for key in ("lr", "momentum", "weight_decay", "mixup", "label_smoothing", "ema"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=getattr(defaults, key))
     for key in ("epochs", "batch_size", "seed", "threads"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(defaults, key))
+    parser.add_argument("--nesterov", action="store_true")
+    parser.add_argument("--schedule", choices=["constant", "onecycle"], default=defaults.schedule)
+    parser.add_argument("--augment", choices=sorted(AUGMENTATIONS), default=defaults.augment)
+    parser.add_argument("--name", dest="run_name", default="", help="run name (default: <network>-lr<lr>)")
     parser.add_argument("--data", default=defaults.data, help="intel48.npz or a folder <root>/<class>/*.jpg")
     parser.add_argument("--runs", default="runs/cnn", help="checkpoints go to RUNS/<name>/")
     parser.add_argument("--results", default="results/cnn", help="metrics.json and curves.png go to RESULTS/<name>/")
