@@ -97,3 +97,80 @@ def nucleus(
         lambda log_probs: nucleus_sample(log_probs, top_p, temperature, rng),
     )
     return [sequences[i * n : (i + 1) * n] for i in range(words)], scores.reshape(words, n)
+
+
+def length_normalized(score: float, length: int, alpha: float) -> float:
+    """GNMT's length penalty: log-probability / ((5 + length) / 6) ** alpha; alpha 0 ranks by log-probability."""
+    return score / ((5 + length) / 6) ** alpha
+
+
+def beam_search(
+    step: Step,
+    state: State,
+    bos: int,
+    eos: int,
+    max_len: int,
+    beam_size: int,
+    n_best: int = 1,
+    alpha: float = 0.6,
+):
+    """The n_best distinct spellings per word, best first by length-normalised log-probability, from a beam of
+    beam_size hypotheses per word, all words in one batch; returns (token lists, log-probabilities) per word.
+
+    A word's search ends when beam_size hypotheses have ended, or at max_len, where the unfinished ones
+    compete too.
+    """
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
+    words, k = batch_size(state), beam_size
+    state = repeat_rows(state, k)  # row w * k + j is hypothesis j of word w
+    tokens = np.full(words * k, bos, dtype=np.int64)
+    scores = np.full((words, k), -np.inf)
+    scores[:, 0] = 0.0  # the beams start as one hypothesis
+    prefixes: list[list[int]] = [[] for _ in range(words * k)]
+    finished: list[list[tuple[float, float, list[int]]]] = [[] for _ in range(words)]
+    done = np.zeros(words, dtype=bool)
+    for _ in range(max_len):
+        log_probs, state = step(tokens, state)
+        vocab = log_probs.shape[1]
+        totals = (scores.reshape(-1, 1) + log_probs).reshape(words, k * vocab)
+        candidates = np.argsort(-totals, axis=1, kind="stable")[:, : 2 * k]
+        parents = np.zeros((words, k), dtype=np.int64)
+        next_tokens = np.full((words, k), eos, dtype=np.int64)
+        next_scores = np.full((words, k), -np.inf)
+        for w in np.flatnonzero(~done):
+            kept = 0
+            for flat in candidates[w]:
+                total = totals[w, flat]
+                if not np.isfinite(total):
+                    break
+                parent, token = divmod(int(flat), vocab)
+                prefix = prefixes[w * k + parent]
+                if token == eos:
+                    finished[w].append((length_normalized(total, len(prefix) + 1, alpha), float(total), prefix))
+                else:
+                    parents[w, kept], next_tokens[w, kept], next_scores[w, kept] = parent, token, total
+                    kept += 1
+                    if kept == k:
+                        break
+            if len(finished[w]) >= k:
+                done[w] = True
+        if done.all():
+            break
+        rows = (np.arange(words)[:, None] * k + parents).reshape(-1)
+        prefixes = [prefixes[r] + [int(t)] for r, t in zip(rows, next_tokens.reshape(-1))]
+        state = {name: value[rows] for name, value in state.items()}
+        tokens, scores = next_tokens.reshape(-1), np.where(done[:, None], -np.inf, next_scores)
+    results, result_scores = [], []
+    for w in range(words):
+        pool = list(finished[w])
+        if not done[w]:  # the length cap came first: unfinished hypotheses compete as they are
+            pool += [(length_normalized(s, len(p), alpha), float(s), p)
+                     for s, p in zip(scores[w], prefixes[w * k : (w + 1) * k]) if np.isfinite(s)]  # fmt: skip
+        best: dict[tuple[int, ...], tuple[float, float]] = {}
+        for normalized, raw, prefix in sorted(pool, key=lambda item: -item[0]):
+            best.setdefault(tuple(prefix), (normalized, raw))
+        ranked = list(best.items())[:n_best]
+        results.append([list(prefix) for prefix, _ in ranked])
+        result_scores.append([raw for _, (_, raw) in ranked])
+    return results, result_scores

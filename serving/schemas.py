@@ -78,8 +78,12 @@ Phonemes = Annotated[
     ),
 ]
 ModelName = Annotated[str | None, Field(description="which speller (names from /info); default the best")]
-Decoding = Annotated[Literal["greedy", "nucleus"], Field(description="greedy (n must be 1) or nucleus sampling")]
+Decoding = Annotated[
+    Literal["greedy", "nucleus", "beam"],
+    Field(description="greedy (n must be 1), nucleus sampling, or beam search (the n best distinct spellings)"),
+]
 Count = Annotated[int, Field(ge=1, le=100, description="number of spellings; greedy allows only 1")]
+BeamSize = Annotated[int | None, Field(ge=1, le=100, description="beam width for beam search; default max(n, 5)")]
 TopP = Annotated[
     float, Field(gt=0, le=1, description="nucleus mass: sample from the smallest set of letters reaching it")
 ]
@@ -97,6 +101,7 @@ class SpellRequest(ParsedInput):
     top_p: TopP = 0.8
     temperature: Temperature = 1.0
     seed: Seed = None
+    beam_size: BeamSize = None
 
     @classmethod
     async def from_http_request(cls, request, serde):
@@ -117,5 +122,5 @@ class SpellResponse(BaseModel):
     phonemes: list[str] = Field(description="the symbols the model read, upper case, stress removed")
     model: str
     decoding: str
-    spellings: list[str] = Field(description="n spellings, in the order drawn")
+    spellings: list[str] = Field(description="n spellings: in the order drawn (nucleus), best first (beam)")
     scores: list[float] = Field(description="each spelling's log-probability under the model")

@@ -81,6 +81,7 @@ class SceneSpell:
         top_p: float,
         temperature: float,
         seed: int | None,
+        beam_size: int | None,
         problem: str | None,
     ) -> SpellResponse:
         """Spell a word from its ARPAbet pronunciation."""
@@ -89,7 +90,9 @@ class SceneSpell:
         try:
             speller = choose(self.models.spellers, model, self.models.default_speller)
             symbols = speller.parse(phonemes)
-            spellings, scores = await asyncio.to_thread(speller.spell, symbols, decoding, n, top_p, temperature, seed)
+            spellings, scores = await asyncio.to_thread(
+                speller.spell, symbols, decoding, n, top_p, temperature, seed, beam_size
+            )
         except InputError as bad:
             return error(str(bad), bad.status)
         return SpellResponse(

@@ -10,7 +10,8 @@ from exports import decoding
 from exports.runtime import SpellerGraphs
 from serving.errors import InputError
 
-DECODINGS = ("greedy", "nucleus")
+DECODINGS = ("greedy", "nucleus", "beam")
+LENGTH_PENALTY = 0.6  # GNMT alpha for beam search, unless the export names its own
 
 
 class Speller:
@@ -46,16 +47,27 @@ class Speller:
         top_p: float = 0.8,
         temperature: float = 1.0,
         seed: int | None = None,
+        beam_size: int | None = None,
     ) -> tuple[list[str], list[float]]:
-        """n spellings of one word and their log-probabilities, in one batched pass."""
+        """n spellings of one word and their log-probabilities, in one batched pass. Beam search returns
+        the n best distinct spellings, best first, from a beam of beam_size (default max(n, 5))."""
         if decoding_name not in DECODINGS:
             raise InputError(f"field 'decoding' must be one of {', '.join(DECODINGS)}")
         if decoding_name == "greedy" and n != 1:
-            raise InputError("field 'n' must be 1 with greedy decoding (use 'nucleus' for several spellings)")
+            raise InputError("field 'n' must be 1 with greedy decoding (use 'nucleus' or 'beam' for several)")
+        beam_size = beam_size or max(n, 5)
+        if decoding_name == "beam" and n > beam_size:
+            raise InputError(f"field 'n' ({n}) must not exceed field 'beam_size' ({beam_size})")
         state = self.graphs.initial_state(np.array([[self.index[s] for s in symbols]], dtype=np.int64))
         bos, eos = self.special["bos"], self.special["eos"]
         if decoding_name == "greedy":
             sequences, scores = decoding.greedy(self.graphs.step, state, bos, eos, self.max_output_length)
+        elif decoding_name == "beam":
+            alpha = self.metadata.get("length_penalty", LENGTH_PENALTY)
+            beams, beam_scores = decoding.beam_search(
+                self.graphs.step, state, bos, eos, self.max_output_length, beam_size, n, alpha
+            )
+            sequences, scores = beams[0], beam_scores[0]
         else:
             samples, sample_scores = decoding.nucleus(
                 self.graphs.step, state, bos, eos, self.max_output_length, n, top_p, temperature, seed

@@ -23,7 +23,7 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
     max_leaves=10,
 )
-SPELL_FIELDS = ["phonemes", "model", "decoding", "n", "top_p", "temperature", "seed"]
+SPELL_FIELDS = ["phonemes", "model", "decoding", "n", "top_p", "temperature", "seed", "beam_size"]
 PHONEME_TEXT = st.lists(st.sampled_from(["K", "ae1", "T", "XX", " ", "", "AH0", "zh", "1", "\t"]), max_size=70)
 
 
@@ -42,7 +42,7 @@ def test_spell_fuzzed_fields_never_5xx(server, body):
 @given(
     phonemes=PHONEME_TEXT,
     as_list=st.booleans(),
-    decoding=st.sampled_from(["greedy", "nucleus"]),
+    decoding=st.sampled_from(["greedy", "nucleus", "beam"]),
     n=st.integers(-2, 102),
     top_p=st.floats(-0.5, 1.5, allow_nan=False),
     temperature=st.floats(-1, 6, allow_nan=False),

@@ -217,3 +217,49 @@ def test_reference_targets_reached():
     assert attention["cer"] <= 0.16 and attention["wer"] <= 0.60, attention
     assert vanilla["cer"] > attention["cer"] + 0.02 and vanilla["wer"] > attention["wer"] + 0.02, vanilla
     assert attention["wer@3"] < attention["wer"], attention
+
+
+def all_sequences(max_len):
+    """Every sequence of the toy model up to max_len tokens (ended by EOS or the cap) with its log-probability."""
+    found = []
+
+    def grow(prefix, score):
+        state = {"t": np.array([float(len(prefix))]), "offset": np.array([0.0])}
+        log_probs, _ = toy_step(np.array([BOS]), state)
+        for token in range(VOCAB):
+            if token in (0, BOS):
+                continue
+            if token == EOS:
+                found.append((tuple(prefix), score + log_probs[0, token], True))
+            elif len(prefix) + 1 == max_len:
+                found.append((tuple([*prefix, token]), score + log_probs[0, token], False))
+            else:
+                grow([*prefix, token], score + log_probs[0, token])
+
+    grow([], 0.0)
+    return found
+
+
+def test_beam_of_one_is_greedy():
+    greedy, greedy_scores = decoding.greedy(toy_step, toy_state(), BOS, EOS, 20)
+    beams, beam_scores = decoding.beam_search(toy_step, toy_state(), BOS, EOS, 20, beam_size=1, alpha=0)
+    assert [b[0] for b in beams] == greedy
+    assert np.allclose([s[0] for s in beam_scores], greedy_scores)
+
+
+def test_wide_beam_finds_the_most_probable_spellings():
+    """With a beam as wide as the search space, the n-best list is the exact n most probable sequences (those
+    cut by the length cap compete as they are)."""
+    exact = sorted(all_sequences(4), key=lambda s: -s[1])[:5]
+    state = {"t": np.zeros(1), "offset": np.zeros(1)}
+    beams, scores = decoding.beam_search(toy_step, state, BOS, EOS, 4, beam_size=200, n_best=5, alpha=0)
+    assert [tuple(b) for b in beams[0]] == [s[0] for s in exact]
+    assert np.allclose(scores[0], [s[1] for s in exact])
+
+
+def test_beam_n_best_are_distinct_and_ranked():
+    beams, scores = decoding.beam_search(toy_step, toy_state(), BOS, EOS, 12, beam_size=6, n_best=4, alpha=0.6)
+    for word, word_scores in zip(beams, scores):
+        assert len(word) == 4 and len({tuple(s) for s in word}) == 4
+        normalized = [decoding.length_normalized(s, len(b) + 1, 0.6) for s, b in zip(word_scores, word)]
+        assert normalized == sorted(normalized, reverse=True)

@@ -165,9 +165,20 @@ def test_spell_nucleus_is_reproducible(server):
     assert len(first["spellings"]) == 20 and first["spellings"] != other["spellings"]
 
 
+def test_spell_beam_returns_distinct_best_first(server):
+    answer = spell(server, phonemes="T UW1", decoding="beam", n=4, beam_size=8).json()
+    assert answer["decoding"] == "beam" and len(answer["spellings"]) == 4 == len(set(answer["spellings"]))
+    assert all(score < 0 for score in answer["scores"])
+    greedy = spell(server, phonemes="T UW1").json()["spellings"][0]
+    wide = spell(server, phonemes="T UW1", decoding="beam", n=1, beam_size=1).json()["spellings"][0]
+    assert wide == greedy
+
+
 @pytest.mark.parametrize(
     ("body", "words"),
     [
+        ({"phonemes": "K AE T", "decoding": "beam", "n": 6, "beam_size": 3}, "beam_size"),
+        ({"phonemes": "K AE T", "decoding": "beam", "beam_size": 0}, "beam_size"),
         ({"phonemes": "K XX T"}, "XX"),
         ({"phonemes": ""}, "empty"),
         ({"phonemes": []}, "empty"),
