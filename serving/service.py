@@ -22,9 +22,12 @@ from serving.schemas import MAX_UPLOAD_BYTES, ClassifyForm, ClassifyResponse, Sp
 CPUS = os.cpu_count() or 1
 BATCHING = os.environ.get("SCENESPELL_BATCHING", "1") != "0"
 
-# Checked at import, before workers start: a bad export stops `bentoml serve` with one line.
+# Checked at import, before workers start: a bad export or setting stops `bentoml serve` with one line.
+THREADS = os.environ.get("SCENESPELL_THREADS", str(min(CPUS, 2)))
+if not THREADS.isdigit() or int(THREADS) < 1:
+    raise SystemExit(f"error: SCENESPELL_THREADS={THREADS!r}: expected a whole number >= 1")
 try:
-    MODELS = load_models(threads=int(os.environ.get("SCENESPELL_THREADS", min(CPUS, 2))))
+    MODELS = load_models(threads=int(THREADS))
 except StartupError as error:
     raise SystemExit(f"error: {error}") from None
 
@@ -33,11 +36,12 @@ def error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def choose(models: dict, name: str | None, default: str, field: str = "model"):
+def choose(models: dict, name: str | None, default: str):
+    """A model loaded at startup, by name; a client's string is only ever a key here, never a path."""
     if name is None:
         return models[default]
     if name not in models:
-        raise InputError(f"field '{field}': unknown model {name!r}; known: {', '.join(sorted(models))}")
+        raise InputError(f"field 'model': unknown model {name!r}; known: {', '.join(sorted(models))}")
     return models[name]
 
 

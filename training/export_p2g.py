@@ -146,13 +146,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default="results/p2g")
     parser.add_argument("--out", default=str(EXPORTS_DIR))
     args = parser.parse_args(argv)
-    parity = {}
+    parity_path = Path(args.results, "parity.json")
+    parity = json.loads(parity_path.read_text()) if parity_path.exists() else {}
     for name in args.model:
         run_dir = Path(args.runs) / name
         if not (run_dir / "best.pt").exists() or not (Path(args.results) / name / "metrics.json").exists():
             raise SystemExit(f"error: {run_dir}/best.pt or its metrics.json missing; run `make train-p2g` first")
         parity[name] = export_model(run_dir, Path(args.results) / name, Path(args.out) / f"p2g-{name}")
-    Path(args.results, "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+    parity_path.write_text(json.dumps(parity, indent=2) + "\n")
 
 
 if __name__ == "__main__":
