@@ -64,3 +64,9 @@ def test_gpu_and_cpu_runtimes_never_share_an_environment():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci and "make test" in (ROOT / "README.md").read_text()
+
+
+def test_readme_quotes_the_result_tables_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    for table in ("results/cnn/sweep.md", "results/p2g/results.md"):
+        assert (ROOT / table).read_text() in readme, f"README.md does not quote {table} as written"
