@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from exports import EXPORTS_DIR
+from exports.runtime import load_session
 from training import checkpoint
 from training.cnn import SceneClassifier, count_parameters
-from training.onnx_export import export, session
+from training.onnx_export import export
 from training.scenes import DataError, load_scenes
 from training.train_cnn import DEFAULT_DATA
 
@@ -47,7 +48,7 @@ def load_model(run_dir: Path) -> SceneClassifier:
 
 def check_parity(model: SceneClassifier, path: Path, images: np.ndarray) -> dict:
     """Largest logit difference on the first 256 images, and label agreement over all of `images`."""
-    onnx_session = session(path)
+    onnx_session = load_session(path, torch.get_num_threads())
     with torch.inference_mode():
         torch_logits = torch.cat([model(torch.from_numpy(images[i : i + 256])) for i in range(0, len(images), 256)])
     onnx_logits = np.concatenate(

@@ -13,7 +13,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -21,7 +20,7 @@ from exports import EXPORTS_DIR, decoding
 from exports.runtime import SpellerGraphs
 from training import checkpoint
 from training.onnx_export import export
-from training.p2g_data import BOS, EOS, PAD, Vocab, load_splits
+from training.p2g_data import BOS, EOS, PAD, Vocab, load_splits, pad
 from training.p2g_model import Speller
 from training.train_p2g import Config, build, spell
 
@@ -125,10 +124,7 @@ def check_parity(model: Speller, vocab: Vocab, config: Config, pairs, prefix: Pa
     bos, eos = vocab.graphemes.index(BOS), vocab.graphemes.index(EOS)
     onnx_words = []
     for start in range(0, len(pairs), 512):
-        ids = [vocab.encode_phonemes(p.phonemes) for p in pairs[start : start + 512]]
-        batch = np.zeros((len(ids), max(map(len, ids))), dtype=np.int64)
-        for row, seq in enumerate(ids):
-            batch[row, : len(seq)] = seq
+        batch = pad([vocab.encode_phonemes(p.phonemes) for p in pairs[start : start + 512]]).numpy()
         sequences, _ = decoding.greedy(graphs.step, graphs.initial_state(batch), bos, eos, config.max_output_length)
         onnx_words += [vocab.decode_word(s) for s in sequences]
     same = sum(a == b for a, b in zip(torch_words, onnx_words))

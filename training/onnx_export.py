@@ -6,7 +6,6 @@ import warnings
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 import torch
 
 from exports import metadata as export_metadata
@@ -42,9 +41,3 @@ def export(
     export_metadata.embed(model, metadata)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-
-
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

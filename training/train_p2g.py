@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from exports import decoding
 from training import checkpoint
-from training.p2g_data import BOS, EOS, Pair, Vocab, batches, load_splits, spellings_by_key
+from training.p2g_data import BOS, EOS, Pair, Vocab, batches, load_splits, pad, spellings_by_key
 from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig
 from training.plots import plot_curves
@@ -75,9 +75,7 @@ def spell(model: Speller, vocab: Vocab, pairs: list[Pair], config: Config, n: in
     results = []
     for start in range(0, len(pairs), 512):
         chunk = pairs[start : start + 512]
-        phonemes = torch.nn.utils.rnn.pad_sequence(
-            [torch.tensor(vocab.encode_phonemes(p.phonemes)) for p in chunk], batch_first=True
-        )
+        phonemes = pad([vocab.encode_phonemes(p.phonemes) for p in chunk])
         state = initial_state(model, phonemes)
         if n == 0:
             sequences, _ = decoding.greedy(step, state, bos, eos, config.max_output_length)
