@@ -11,6 +11,9 @@ from exports.runtime import SpellerGraphs
 from training.p2g_data import Vocab, cmudict_splits, spellings_by_key, split_of, tsv_splits
 from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig
+from training.p2g_transformer import TransformerConfig, TransformerSpeller
+
+SMALL_TRANSFORMER = TransformerConfig(d_model=32, heads=4, ffn=64, encoder_layers=2, decoder_layers=2, dropout=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +72,59 @@ def test_padding_changes_nothing_and_teacher_forcing_equals_steps(vocab, attenti
         for t in range(targets.shape[1] - 1):
             logits, h, c, _ = model.decoder.step(targets[:, t], h, c, **state)
             assert torch.allclose(forced[:, t], logits, atol=1e-5)
+
+
+def test_transformer_padding_changes_nothing_and_teacher_forcing_equals_cached_steps(vocab):
+    """The decoder step with its key/value cache computes what the whole-sequence decoder computes."""
+    torch.manual_seed(0)
+    model = TransformerSpeller(len(vocab.phonemes), len(vocab.graphemes), SMALL_TRANSFORMER).eval()
+    padded = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
+    targets = torch.tensor([[1, 5, 6, 7, 2], [1, 9, 8, 2, 0]])
+    with torch.no_grad():
+        assert torch.allclose(model(padded[:1, :3], targets[:1]), model(padded, targets)[:1], atol=1e-5)
+        forced = model(padded, targets)
+        state = model.initial_state(padded)
+        for t in range(targets.shape[1] - 1):
+            logits, updates = model.step(targets[:, t], **state)
+            state |= updates
+            assert torch.allclose(forced[:, t], logits, atol=1e-5)
+        assert state["position"].tolist() == [targets.shape[1] - 1] * 2
+
+
+def test_transformer_export_has_dynamic_batch_and_lengths(tmp_path, vocab):
+    """The export code's transformer graphs give the PyTorch log-probabilities at other batch sizes and
+    lengths, over several steps of the cache."""
+    from training.export_p2g import EncoderGraph, step_graph
+    from training.onnx_export import export
+
+    torch.manual_seed(0)
+    model = TransformerSpeller(len(vocab.phonemes), len(vocab.graphemes), SMALL_TRANSFORMER).eval()
+    example = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    state = model.initial_state(example)
+    names = list(state)
+    module, outputs, axes = step_graph(model, names)
+    axes |= {"phonemes": {0: "batch", 1: "time"}, "token": {0: "batch"}}
+    meta = {"kind": "speller", "name": "t", "part": "", "phonemes": [], "graphemes": [], "special_tokens": {},
+            "stress": False, "max_input_length": 64, "max_output_length": 48, "params": 0, "metrics": {},
+            "data_sha256": "", "train_command": ""}  # fmt: skip
+    export(EncoderGraph(model, names), (example,), tmp_path / "p2g-t.encoder.onnx", ["phonemes"], names, axes, meta)
+    export(module, (torch.tensor([1, 1]), *state.values()), tmp_path / "p2g-t.decoder.onnx", ["token", *names],
+           outputs, axes, meta)  # fmt: skip
+    graphs = SpellerGraphs(tmp_path / "p2g-t")
+    for batch, length in ((1, 1), (3, 7), (2, 12)):
+        phonemes = torch.randint(3, 40, (batch, length))
+        phonemes[0, length // 2 + 1 :] = 0
+        onnx_state = graphs.initial_state(phonemes.numpy())
+        with torch.no_grad():
+            torch_state = model.initial_state(phonemes)
+        tokens = np.full(batch, 1, dtype=np.int64)
+        for _ in range(4):
+            onnx_log_probs, onnx_state = graphs.step(tokens, onnx_state)
+            with torch.no_grad():
+                logits, updates = model.step(torch.from_numpy(tokens), **torch_state)
+            torch_state |= updates
+            assert np.abs(onnx_log_probs - torch.log_softmax(logits, 1).numpy()).max() < 1e-4
+            tokens = onnx_log_probs.argmax(1)
 
 
 def test_padding_is_masked_in_the_loss(vocab):

@@ -22,6 +22,7 @@ from training import checkpoint
 from training.onnx_export import export
 from training.p2g_data import BOS, EOS, PAD, Vocab, load_splits, pad
 from training.p2g_model import Speller
+from training.p2g_transformer import TransformerSpeller
 from training.train_p2g import Config, build, spell
 
 MAX_INPUT_LENGTH = 64
@@ -50,6 +51,32 @@ class DecoderStepGraph(nn.Module):
         return outputs if weights is None else (*outputs, weights)
 
 
+class TransformerStepGraph(nn.Module):
+    """token, cross_k, cross_v, mask, self_k, self_v, position -> log_probs, self_k_next, self_v_next,
+    position_next."""
+
+    def __init__(self, model: TransformerSpeller):
+        super().__init__()
+        self.model = model
+
+    def forward(self, token, *state):
+        logits, updates = self.model.step(token, *state)
+        return torch.log_softmax(logits, dim=1), *(updates[name] for name in self.model.step_updates)
+
+
+def step_graph(model: Speller | TransformerSpeller, state_names: list[str]) -> tuple[nn.Module, list[str], dict]:
+    """The decoder-step module, its output names and the dynamic axes of its state and outputs."""
+    if isinstance(model, TransformerSpeller):
+        outputs = ["log_probs", *(f"{name}_next" for name in model.step_updates)]
+        axes = {"cross_k": {0: "batch", 2: "time"}, "cross_v": {0: "batch", 2: "time"}, "mask": {0: "batch", 1: "time"}}
+        axes |= {name: {0: "batch"} for name in ("self_k", "self_v", "position", *outputs)}
+        return TransformerStepGraph(model), outputs, axes
+    outputs = ["log_probs", "h_next", "c_next"] + (["attention"] if "memory" in state_names else [])
+    axes = {name: {0: "batch", 1: "time"} for name in ("memory", "keys", "mask", "attention")}
+    axes |= {name: {0: "batch"} for name in ("h", "c", "log_probs", "h_next", "c_next")}
+    return DecoderStepGraph(model), outputs, axes
+
+
 def data_fingerprint(splits) -> str:
     digest = hashlib.sha256()
     for split in sorted(splits):
@@ -69,14 +96,8 @@ def export_model(run_dir: Path, results_dir: Path, prefix: Path) -> dict:
     example = torch.tensor([[5, 6, 7], [8, 9, 0]])
     initial = model.initial_state(example)
     state_names = list(initial)
-    step_inputs = ["token", *state_names]
-    step_outputs = ["log_probs", "h_next", "c_next"] + (["attention"] if "memory" in state_names else [])
-    time_axes = {
-        "memory": {0: "batch", 1: "time"},
-        "keys": {0: "batch", 1: "time"},
-        "mask": {0: "batch", 1: "time"},
-        "attention": {0: "batch", 1: "time"},
-    }
+    step_module, step_outputs, axes = step_graph(model, state_names)
+    axes = {"phonemes": {0: "batch", 1: "time"}, "token": {0: "batch"}, **axes}
     common = {
         "kind": "speller",
         "name": config.model,
@@ -95,19 +116,13 @@ def export_model(run_dir: Path, results_dir: Path, prefix: Path) -> dict:
         "config": state["config"],
     }  # fmt: skip
     encoder_path = prefix.with_name(prefix.name + ".encoder.onnx")
-    export(
-        EncoderGraph(model, state_names), (example,), encoder_path, ["phonemes"], state_names,
-        {"phonemes": {0: "batch", 1: "time"}, "h": {0: "batch"}, "c": {0: "batch"},
-         **{k: v for k, v in time_axes.items() if k in state_names}},
-        {**common, "part": "encoder"},
-    )  # fmt: skip
+    encoder_axes = {name: axes[name] for name in ["phonemes", *state_names]}
+    export(EncoderGraph(model, state_names), (example,), encoder_path, ["phonemes"], state_names, encoder_axes,
+           {**common, "part": "encoder"})  # fmt: skip
     decoder_path = prefix.with_name(prefix.name + ".decoder.onnx")
-    export(
-        DecoderStepGraph(model), (torch.tensor([1, 1]), *initial.values()), decoder_path, step_inputs, step_outputs,
-        {"token": {0: "batch"}, **{n: {0: "batch"} for n in ("h", "c", "log_probs", "h_next", "c_next")},
-         **{k: v for k, v in time_axes.items() if k in state_names + step_outputs}},
-        {**common, "part": "decoder"},
-    )  # fmt: skip
+    step_names = ["token", *state_names]
+    export(step_module, (torch.tensor([1, 1]), *initial.values()), decoder_path, step_names, step_outputs,
+           {name: axes[name] for name in step_names + step_outputs}, {**common, "part": "decoder"})  # fmt: skip
     return check_parity(model, vocab, config, splits["test"], prefix)
 
 

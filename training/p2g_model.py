@@ -136,10 +136,18 @@ class Speller(nn.Module):
             return {"h": h, "c": c, "memory": memory, "keys": self.decoder.keys(memory), "mask": mask}
         return {"h": h, "c": c}
 
+    def step(self, token, h, c, memory=None, keys=None, mask=None):
+        """One character: token [B] -> logits [B, V] and the updated state (h and c)."""
+        logits, h, c, _ = self.decoder.step(token, h, c, memory, keys, mask)
+        return logits, {"h": h, "c": c}
+
     def forward(self, phonemes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: targets [B, L] start with BOS; returns logits [B, L-1, V] for targets[:, 1:]."""
         return self.decoder.teacher_forcing(targets[:, :-1], **self.initial_state(phonemes))
 
-    def loss(self, phonemes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, phonemes: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         logits = self(phonemes, targets)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[2]), targets[:, 1:].reshape(-1), ignore_index=0)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[2]), targets[:, 1:].reshape(-1), ignore_index=0,
+            label_smoothing=label_smoothing,
+        )  # fmt: skip

@@ -2,6 +2,10 @@
 
 python -m training.train_p2g --model attention
 python -m training.train_p2g --model vanilla --data path/to/tsv-folder
+python -m training.train_p2g --model transformer --lr 0.001 --batch-size 256 --epochs 15 --dropout 0.1 \
+    --label-smoothing 0.1 --schedule warmup-cosine
+
+The defaults are the reference recipe (hidden 128, dropout 0.3, Adam 0.003 constant, batch 64, 20 epochs).
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from training import checkpoint
 from training.p2g_data import BOS, EOS, Pair, Vocab, batches, load_splits, pad, spellings_by_key
 from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig
+from training.p2g_transformer import TransformerConfig, TransformerSpeller
 from training.plots import plot_curves
 
-MODELS = {"attention": True, "vanilla": False}
+MODELS = ("attention", "vanilla", "transformer")
 
 
 @dataclass
@@ -39,28 +44,53 @@ class Config:
     epochs: int = 20
     clip: float = 1.0
     max_output_length: int = 48
+    label_smoothing: float = 0.0
+    schedule: str = "constant"  # or "warmup-cosine": linear warm-up over the first epoch, then cosine to 0
+    # transformer only: model width, heads, feed-forward width, layers of the encoder and of the decoder
+    d_model: int = 192
+    heads: int = 4
+    ffn: int = 768
+    layers: int = 3
     seed: int = 0
     data: str = "cmudict"
     threads: int = 2
 
-    def speller_config(self) -> SpellerConfig:
-        return SpellerConfig(MODELS[self.model], self.embedding, self.hidden, self.dropout)
+
+def build(config: Config, vocab: Vocab) -> Speller | TransformerSpeller:
+    phonemes, graphemes = len(vocab.phonemes), len(vocab.graphemes)
+    if config.model == "transformer":
+        return TransformerSpeller(phonemes, graphemes, TransformerConfig(
+            config.d_model, config.heads, config.ffn, config.layers, config.layers, config.dropout,
+            max_output_length=config.max_output_length,
+        ))  # fmt: skip
+    attention = config.model == "attention"
+    return Speller(phonemes, graphemes, SpellerConfig(attention, config.embedding, config.hidden, config.dropout))
 
 
-def build(config: Config, vocab: Vocab) -> Speller:
-    return Speller(len(vocab.phonemes), len(vocab.graphemes), config.speller_config())
-
-
-def torch_step(model: Speller) -> decoding.Step:
-    """The decoder step as a numpy step function, for exports.decoding."""
+def torch_step(model: Speller | TransformerSpeller) -> decoding.Step:
+    """The model's decoder step as a numpy step function, for exports.decoding."""
 
     @torch.inference_mode()
     def step(tokens: np.ndarray, state: decoding.State):
         tensors = {name: torch.from_numpy(value) for name, value in state.items()}
-        logits, h, c, _ = model.decoder.step(torch.from_numpy(tokens), **tensors)
-        return torch.log_softmax(logits, dim=1).numpy(), {**state, "h": h.numpy(), "c": c.numpy()}
+        logits, updates = model.step(torch.from_numpy(tokens), **tensors)
+        return torch.log_softmax(logits, dim=1).numpy(), {**state, **{k: v.numpy() for k, v in updates.items()}}
 
     return step
+
+
+def learning_rate_schedule(optimizer, config: Config, steps_per_epoch: int):
+    """None for a constant rate; else a per-batch warm-up over one epoch, then a cosine decay to 0."""
+    if config.schedule == "constant":
+        return None
+    warmup, total = steps_per_epoch, steps_per_epoch * config.epochs
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + np.cos(np.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @torch.inference_mode()
@@ -97,7 +127,7 @@ def evaluate(model, vocab, pairs, spellings, config: Config, samples: int = 0) -
     return metrics
 
 
-def train_epoch(model, optimizer, pairs, vocab, config: Config, generator, desc) -> float:
+def train_epoch(model, optimizer, schedule, pairs, vocab, config: Config, generator, desc) -> float:
     model.train()
     total, count = 0.0, 0
     steps = (len(pairs) + config.batch_size - 1) // config.batch_size
@@ -109,11 +139,13 @@ def train_epoch(model, optimizer, pairs, vocab, config: Config, generator, desc)
         disable=not sys.stderr.isatty(),
     )
     for phonemes, targets in bar:
-        loss = model.loss(phonemes, targets)
+        loss = model.loss(phonemes, targets, config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         total += loss.item()
         count += 1
         bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
@@ -130,14 +162,18 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{config.model}: {params:,} parameters; pairs " + ", ".join(f"{s} {len(p):,}" for s, p in splits.items()))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps_per_epoch = sum(1 for _ in batches(splits["train"], vocab, config.batch_size))
+    schedule = learning_rate_schedule(optimizer, config, steps_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
     history, best = [], {"val_cer": float("inf"), "epoch": 0}
     last = run_dir / "last.pt"
-    if resume and (restored := checkpoint.resume(last, model, optimizer, generator, config.model)):
+    if resume and (restored := checkpoint.resume(last, model, optimizer, generator, config.model, schedule=schedule)):
         history, best = restored
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, splits["train"], vocab, config, generator, f"{config.model} {epoch}")
+        train_loss = train_epoch(
+            model, optimizer, schedule, splits["train"], vocab, config, generator, f"{config.model} {epoch}"
+        )
         val = evaluate(model, vocab, splits["valid"], spellings, config)
         seconds = time.perf_counter() - start
         history.append(
@@ -151,7 +187,7 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
         if val["cer"] < best["val_cer"]:
             best = {"val_cer": val["cer"], "epoch": epoch}
             checkpoint.save(run_dir / "best.pt", model=model.state_dict(), config=asdict(config), vocab=vocab)
-        checkpoint.save_progress(last, model, optimizer, generator, history, best)
+        checkpoint.save_progress(last, model, optimizer, generator, history, best, schedule=schedule)
     model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
     metrics = {
         "name": config.model,
@@ -173,7 +209,7 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
         results_dir / "curves.png",
         f"{config.model}: best val CER {best['val_cer']:.4f} at epoch {best['epoch']}",
     )
-    if config.speller_config().attention:
+    if config.model == "attention":
         from training.p2g_plots import attention_heatmaps
 
         attention_heatmaps(model, vocab, splits["test"][:6], config.max_output_length, results_dir / "attention.png")
