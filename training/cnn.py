@@ -89,7 +89,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-def resnet(widths: tuple[int, ...] = (48, 96, 192), blocks: int = 2, dropout: float = 0.1) -> nn.Sequential:
+def resnet(widths: tuple[int, ...] = (64, 128, 256), blocks: int = 2, dropout: float = 0.1) -> nn.Sequential:
     """A residual network for 48x48 inputs: a 3x3 stem, then one stage per width, each halving the
     resolution (48 -> 24 -> 12 -> 6), global average pooling and one linear layer."""
     layers: list[nn.Module] = [nn.Conv2d(3, widths[0] // 2, 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0] // 2),
