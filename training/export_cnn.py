@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     parity_path = Path(args.results, "parity.json")
     parity = json.loads(parity_path.read_text()) if parity_path.exists() else {}
-    for network in args.networks or best:
+    trained = [n for n, m in best.items() if (Path(args.runs_dir) / m["name"] / "best.pt").exists()]
+    for network in sorted(set(best) - set(trained)) if not args.networks else []:
+        print(f"note: no checkpoint of {best[network]['name']} in {args.runs_dir}; cnn-{network}.onnx left as it is")
+    for network in args.networks or trained:
         if network not in best:
             raise SystemExit(f"error: no finished run of {network!r} in {args.results}/*/metrics.json")
         parity[network] = export_run(best[network], Path(args.runs_dir), out / f"cnn-{network}.onnx", data)

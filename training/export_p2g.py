@@ -152,14 +152,17 @@ def check_parity(model: Speller, vocab: Vocab, config: Config, pairs, prefix: Pa
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", default=["attention", "vanilla"])
+    parser.add_argument("--model", nargs="+", help="default: every model with a checkpoint under --runs")
     parser.add_argument("--runs", default="runs/p2g")
     parser.add_argument("--results", default="results/p2g")
     parser.add_argument("--out", default=str(EXPORTS_DIR))
     args = parser.parse_args(argv)
     parity_path = Path(args.results, "parity.json")
     parity = json.loads(parity_path.read_text()) if parity_path.exists() else {}
-    for name in args.model:
+    trained = sorted(p.parent.name for p in Path(args.runs).glob("*/best.pt"))
+    if not (args.model or trained):
+        raise SystemExit(f"error: no {args.runs}/*/best.pt; run `make train-p2g` first")
+    for name in args.model or trained:
         run_dir = Path(args.runs) / name
         if not (run_dir / "best.pt").exists() or not (Path(args.results) / name / "metrics.json").exists():
             raise SystemExit(f"error: {run_dir}/best.pt or its metrics.json missing; run `make train-p2g` first")
