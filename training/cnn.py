@@ -119,5 +119,17 @@ class SceneClassifier(nn.Module):
         return self.net(self.normalize(images))
 
 
+class FlipAveraged(nn.Module):
+    """Test-time flip averaging: the mean of a classifier's logits over the image and its left-right mirror
+    (NHWC: width is dim 2). Same input and output as the classifier, so it exports as one graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.model(images) + self.model(images.flip(2))) / 2
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.augment import AUGMENTATIONS, mixup
-from training.cnn import NETWORKS, NUM_CLASSES, SceneClassifier, count_parameters
+from training.cnn import NETWORKS, NUM_CLASSES, FlipAveraged, SceneClassifier, count_parameters
 from training.plots import plot_curves
 from training.scenes import DataError, SceneData, load_scenes
 
@@ -152,6 +152,10 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
         checkpoint.save_progress(last, model, optimizer, generator, history, best, **extra)
     evaluated.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
     _, test_acc, _ = evaluate(evaluated, *tensors["test"])
+    # Two measurements for the ablation of our own recipes: flip averaging at test time, and the last epoch's
+    # raw weights (EMA off) against the averaged ones.
+    flip = {split: evaluate(FlipAveraged(evaluated), *tensors[split])[1] for split in ("val", "test")}
+    raw = {"raw_weights_last_epoch_val_acc": evaluate(model, *tensors["val"])[1]} if ema is not None else {}
     metrics = {
         "name": config.name,
         "config": asdict(config),
@@ -159,6 +163,8 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
         "best_epoch": best["epoch"],
         "val_acc": best["val_acc"],
         "test_acc": test_acc,
+        "flip_averaging": {"val_acc": flip["val"], "test_acc": flip["test"]},
+        **raw,
         "train_seconds": sum(row["seconds"] for row in history),
         "data_sha256": data.fingerprint(),
         "train_command": "python -m training.train_cnn " + shlex.join(config_args(config)),
