@@ -4,8 +4,9 @@
 
 Our spellers run through ONNX Runtime exactly as the service runs them (exports/ and the shared decoding):
 greedy, beam search (beam 5, its 5-best list) and nucleus sampling (5 samples, top_p 0.8). Words/s is the
-whole test split decoded in batches on `--threads` ONNX Runtime threads (1 by default, like the peer's one
-core), encoder included. The peer's figures come from `make peer-p2g` (results/p2g/phonetisaurus/).
+whole test split decoded in batches on one ONNX Runtime thread, encoder included, counted in CPU seconds of
+this process like the peer's (`make peer-p2g`, results/p2g/phonetisaurus/), so that other jobs on the
+machine do not skew the comparison.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def decode_split(graphs: SpellerGraphs, pairs, method: str, batch: int) -> tuple
         ids = np.zeros((len(chunk), max(len(p.phonemes) for p in chunk)), dtype=np.int64)
         for row, pair in enumerate(chunk):
             ids[row, : len(pair.phonemes)] = [index[s] for s in pair.phonemes]
-        began = time.perf_counter()
+        began = time.process_time()
         state = graphs.initial_state(ids)
         if method == "greedy":
             sequences, _ = decoding.greedy(graphs.step, state, bos, eos, cap)
@@ -46,7 +47,7 @@ def decode_split(graphs: SpellerGraphs, pairs, method: str, batch: int) -> tuple
             found, _ = decoding.beam_search(graphs.step, state, bos, eos, cap, BEAM, BEAM)
         else:
             found, _ = decoding.nucleus(graphs.step, state, bos, eos, cap, SAMPLES, TOP_P, seed=start)
-        seconds += time.perf_counter() - began
+        seconds += time.process_time() - began
         results += [[word(s) for s in options] for options in found]
     return results, seconds
 
@@ -102,7 +103,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exports", default=str(EXPORTS_DIR))
     parser.add_argument("--results", default="results/p2g")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args(argv)
     splits = load_splits("cmudict")
@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for encoder in sorted(Path(args.exports).glob("p2g-*.encoder.onnx")):
         prefix = encoder.with_name(encoder.name.removesuffix(".encoder.onnx"))
-        rows += measure(SpellerGraphs(prefix, args.threads), splits["test"], spellings, args.batch)
+        rows += measure(SpellerGraphs(prefix, threads=1), splits["test"], spellings, args.batch)
     rows += peer_rows(Path(args.results))
     text = (
-        f"Test split of CMUdict ({len(splits['test']):,} pairs); words/s on {args.threads} thread(s), "
+        f"Test split of CMUdict ({len(splits['test']):,} pairs); words/s on one core (CPU time), "
         f"batches of {args.batch}:\n\n" + table(rows)
     )
     Path(args.results, "comparison.md").write_text(text)

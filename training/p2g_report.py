@@ -1,4 +1,4 @@
-"""The speller results table (markdown) from results/p2g/*/metrics.json.
+"""The speller results table (markdown) from results/p2g/*/metrics.json of our models (not the peer's).
 
 python -m training.p2g_report     # prints it and writes results/p2g/results.md
 """
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results/p2g")
     args = parser.parse_args(argv)
-    paths = sorted(Path(args.results).glob("*/metrics.json"))
+    paths = [p for p in sorted(Path(args.results).glob("*/metrics.json")) if "params" in json.loads(p.read_text())]
     if not paths:
         raise SystemExit(f"error: no {args.results}/*/metrics.json; run `make train-p2g` first")
     text = "Test split of CMUdict (" + ", ".join(p.parent.name for p in paths) + "):\n\n"
