@@ -11,10 +11,10 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g export export-cnn export-p2g bench build containerize lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-transformer compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,8 +25,10 @@ $(VENV)/.serving: requirements/serving.txt requirements/constraints.txt | $(PY)
 	$(PIP) -r requirements/serving.txt
 	@touch $@
 
-$(VENV)/.full: $(VENV)/.serving requirements/training.txt requirements/dev.txt requirements/constraints.txt
-	$(PIP) -r requirements/serving.txt -r requirements/training.txt -r requirements/dev.txt
+$(VENV)/.full: $(VENV)/.serving requirements/training.txt requirements/dev.txt requirements/peer.txt \
+		requirements/constraints.txt
+	$(PIP) -r requirements/serving.txt -r requirements/training.txt -r requirements/dev.txt \
+		$$([ "$$(uname -sm)" = "Linux x86_64" ] && echo -r requirements/peer.txt)  # the peer's wheel: x86_64 Linux only
 	@touch $@
 
 serve: $(VENV)/.serving ## serve the committed models of exports/ on 127.0.0.1:$(PORT)
@@ -52,6 +54,24 @@ train-p2g: $(VENV)/.full ## both reference spellers, attention and vanilla, 20 e
 	$(PY) -m training.train_p2g --model vanilla --threads $(THREADS) --resume
 	$(PY) -m training.p2g_report
 
+train-resnet: $(VENV)/.full ## our scene CNN: residual network, flips and crops, one-cycle SGD, 45 epochs (resumable)
+	$(need_data)
+	$(PY) -m training.train_cnn --network resnet --lr 0.2 --epochs 45 --augment flip-crop --label-smoothing 0.1 \
+		--schedule onecycle --nesterov --weight-decay 5e-4 --ema 0.998 --name resnet \
+		--data "$(DATA)" --threads $(THREADS) --resume
+	$(PY) -m training.cnn_report
+
+train-transformer: $(VENV)/.full ## our speller: a transformer encoder-decoder, 15 epochs (resumable)
+	$(PY) -m training.train_p2g --model transformer --lr 0.001 --batch-size 256 --epochs 15 --dropout 0.1 \
+		--label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
+	$(PY) -m training.p2g_report
+
+compare-p2g: $(VENV)/.full ## every exported speller and the peer on the test split -> results/p2g/comparison.md
+	$(PY) -m training.p2g_compare
+
+peer-p2g: $(VENV)/.full ## the peer speller (issue #11): Phonetisaurus trained and scored on the same split
+	$(PY) -m training.peer_phonetisaurus
+
 export: export-cnn export-p2g ## export the trained models to exports/, checking ONNX Runtime against PyTorch
 
 export-cnn: $(VENV)/.full
@@ -68,10 +88,14 @@ bench: $(VENV)/.full ## measure model and serving speed; writes bench/results.md
 build: $(VENV)/.serving ## build the bento (offline)
 	$(VENV)/bin/bentoml build --output tag
 
-containerize: build ## build the bento's OCI image (needs docker or podman)
-	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || command -v podman >/dev/null || \
-		{ echo "error: no container engine: install docker (with a running daemon) or podman"; exit 1; }
-	$(VENV)/bin/bentoml containerize scenespell:latest $$(command -v podman >/dev/null && echo --backend podman)
+GPU ?=
+IMAGE ?= $(if $(GPU),scenespell-gpu,scenespell):latest
+
+containerize: $(VENV)/.serving ## build the bento and its image $(IMAGE): docker, else podman; GPU=1: CUDA variant
+	PATH="$(abspath $(VENV))/bin:$$PATH" deploy/container.sh build $(if $(GPU),deploy/bentofile-gpu.yaml,bentofile.yaml) $(IMAGE)
+
+container-smoke: $(VENV)/.serving ## run $(IMAGE) on 127.0.0.1: /readyz, /classify, /spell, non-root; then remove it
+	$(PY) -m deploy.smoke --image $(IMAGE) --data "$(DATA)"
 
 lock: $(VENV)/.full ## rewrite requirements/constraints.txt from the installed environment
 	{ sed -n '1,2p' requirements/constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^onnxruntime-gpu=='; } > requirements/constraints.tmp

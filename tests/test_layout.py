@@ -10,7 +10,8 @@ import pytest
 
 from tests.server import ROOT
 
-TARGETS = ["serve", "test", "train-cnn", "train-p2g", "export", "bench", "build", "containerize", "lint", "clean"]
+TARGETS = ["serve", "test", "train-cnn", "train-p2g", "train-resnet", "train-transformer", "peer-p2g", "compare-p2g",
+           "export", "bench", "build", "containerize", "lint", "clean"]  # fmt: skip
 
 
 @pytest.mark.parametrize("package", ["training", "exports", "serving"])
