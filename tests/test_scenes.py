@@ -108,7 +108,7 @@ def test_export_keeps_batch_dynamic_and_matches_pytorch(tmp_path):
         assert np.abs(logits - expected).max() < 1e-4
 
 
-CNN_EXPORTS = ["cnn.onnx", "cnn-vanilla.onnx", "cnn-bn-gap.onnx"]
+CNN_EXPORTS = ["cnn.onnx", "cnn-vanilla.onnx", "cnn-bn-gap.onnx", "cnn-resnet.onnx"]
 
 
 @pytest.mark.parametrize("name", CNN_EXPORTS)
@@ -157,6 +157,23 @@ def test_committed_sweep_table_matches_the_run_metrics():
     metrics = sorted_runs([m for m in runs if m["config"]["network"] in NETWORKS])
     assert len(metrics) == 6
     assert (results_dir / "sweep.md").read_text() == results_table(metrics)
+
+
+def test_committed_table_of_our_networks_matches_the_run_metrics():
+    from training.cnn_report import table
+    from training.sweep_cnn import NETWORKS
+
+    results_dir = EXPORTS_DIR.parent / "results" / "cnn"
+    runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*/metrics.json"))]
+    ours = [m for m in runs if m["config"]["network"] not in NETWORKS]
+    assert ours and all("flip_averaging" in m for m in ours)
+    assert (results_dir / "ours.md").read_text() == table(ours)
+
+
+def test_served_default_is_the_best_classifier_by_validation_accuracy():
+    metas = {name: from_session(load_session(EXPORTS_DIR / name), name) for name in CNN_EXPORTS}
+    best = max(CNN_EXPORTS[1:], key=lambda name: metas[name]["metrics"]["val_acc"])
+    assert (EXPORTS_DIR / "cnn.onnx").read_bytes() == (EXPORTS_DIR / best).read_bytes()
 
 
 def test_augmentations_keep_shape_and_reduce_to_identity_or_flip():
