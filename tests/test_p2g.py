@@ -246,7 +246,7 @@ def test_export_has_dynamic_batch_and_lengths(tmp_path, vocab):
         assert np.abs(onnx_log_probs - torch.log_softmax(logits, 1).numpy()).max() < 1e-4
 
 
-@pytest.mark.parametrize("name", ["attention", "vanilla"])
+@pytest.mark.parametrize("name", ["attention", "vanilla", "transformer"])
 def test_committed_speller_reproduces_its_test_metrics(name, splits):
     """Greedy decoding of the whole test split through ONNX Runtime gives the CER and WER in the metadata."""
     graphs = SpellerGraphs(EXPORTS_DIR / f"p2g-{name}", threads=2)
