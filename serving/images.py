@@ -16,11 +16,25 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, at
 HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
+def _to_8_bit(image: Image.Image) -> np.ndarray:
+    """Grey levels of a 16- or 32-bit image as uint8: 0..65535 (0..255 if nothing is brighter) onto 0..255.
+
+    Integer levels go through a 65,536-entry table and floats are scaled in place, so that a 50-megapixel
+    16-bit image costs no float copies (it used to take 1.3 GB and 4 s from a 95 KB upload)."""
+    values = np.asarray(image)
+    top = 65535.0 if image.mode != "F" and values.max() > 255 else 255.0
+    if values.dtype.kind in "iu":
+        table = np.clip(np.arange(65536, dtype=np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return table[values if values.dtype.itemsize <= 2 and values.dtype.kind == "u" else np.clip(values, 0, 65535)]
+    scaled = values.astype(np.float64)
+    for operation, operand in ((np.divide, top), (np.multiply, 255.0), (np.add, 0.5)):
+        operation(scaled, operand, out=scaled)
+    return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in HIGH_BIT_DEPTH_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode != "F" and values.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(_to_8_bit(image), "L")
     elif image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
@@ -48,7 +62,7 @@ def decode_image(data: bytes, width: int, height: int, max_pixels: int = MAX_PIX
             return np.asarray(pixels, dtype=np.uint8)
     except InputError:
         raise
-    except Image.DecompressionBombError as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # over 2x, and 1x to 2x, the limit
         raise InputError(f"image over the limit of {max_pixels:,} pixels: {error}") from error
     except UnidentifiedImageError as error:
         raise InputError("form field 'image' is not in an image format Pillow can read") from error

@@ -7,12 +7,18 @@ from typing import Annotated, ClassVar, Literal
 
 import bentoml
 from pydantic import BaseModel, Field, ValidationError
-from pydantic.json_schema import SkipJsonSchema
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 
 from serving.images import MAX_PIXELS
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_SEED = 2**63 - 1
+MAX_PHONEMES = 64  # documented here; each speller enforces its own max_input_length from its export
+# /docs.json is OpenAPI 3.0, where an exclusive bound is `minimum` plus `exclusiveMinimum: true` and a null is
+# `nullable: true` (BentoML keeps only the first branch of pydantic's `anyOf`)
+ABOVE_ZERO = {"minimum": 0, "exclusiveMinimum": True}
+NULLABLE = {"nullable": True}
+# Numbers are strict: `true` or "5" for a number is a mistyped field and gets a 400, as the contract says
 
 
 class ParsedInput(bentoml.IODescriptor):
@@ -41,7 +47,6 @@ class ClassifyForm(ParsedInput):
 
     media_type: ClassVar[str] = "multipart/form-data"
     image: bytes = Field(
-        b"",
         description=f"the image file: JPEG, PNG, WebP, BMP, GIF or TIFF, at most {MAX_UPLOAD_BYTES:,} bytes "
         f"and {MAX_PIXELS:,} pixels; any mode; EXIF orientation honoured",
     )
@@ -71,24 +76,61 @@ class ClassifyResponse(BaseModel):
 
 Phonemes = Annotated[
     str | list[str],
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": MAX_PHONEMES},
+            ]
+        }
+    ),
     Field(
         description="ARPAbet symbols separated by spaces, or a list of them; case-insensitive; "
-        "stress digits 0/1/2 allowed; at most 64 symbols",
+        f"stress digits 0/1/2 allowed; 1 to {MAX_PHONEMES} symbols",
         examples=["K AE1 T"],
     ),
 ]
-ModelName = Annotated[str | None, Field(description="which speller (names from /info); default the best")]
+ModelName = Annotated[
+    str | None, Field(description="which speller (names from /info); default the best", json_schema_extra=NULLABLE)
+]
 Decoding = Annotated[
     Literal["greedy", "nucleus", "beam"],
     Field(description="greedy (n must be 1), nucleus sampling, or beam search (the n best distinct spellings)"),
 ]
-Count = Annotated[int, Field(ge=1, le=100, description="number of spellings; greedy allows only 1")]
-BeamSize = Annotated[int | None, Field(ge=1, le=100, description="beam width for beam search; default max(n, 5)")]
-TopP = Annotated[
-    float, Field(gt=0, le=1, description="nucleus mass: sample from the smallest set of letters reaching it")
+Count = Annotated[int, Field(ge=1, le=100, strict=True, description="number of spellings; greedy allows only 1")]
+BeamSize = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        le=100,
+        strict=True,
+        description="beam width for beam search; default max(n, 5)",
+        json_schema_extra=NULLABLE,
+    ),
 ]
-Temperature = Annotated[float, Field(gt=0, le=5, description="softmax temperature for sampling")]
-Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="same seed, same samples; null for fresh ones")]
+TopP = Annotated[
+    float,
+    Field(
+        gt=0,
+        le=1,
+        strict=True,
+        description="nucleus mass: sample from the smallest set of letters reaching it",
+        json_schema_extra=ABOVE_ZERO,
+    ),
+]
+Temperature = Annotated[
+    float, Field(gt=0, le=5, strict=True, description="softmax temperature for sampling", json_schema_extra=ABOVE_ZERO)
+]
+Seed = Annotated[
+    int | None,
+    Field(
+        ge=0,
+        le=MAX_SEED,
+        strict=True,
+        description="same seed, same samples; null for fresh ones",
+        json_schema_extra=NULLABLE,
+    ),
+]
 
 
 class SpellRequest(ParsedInput):
@@ -109,6 +151,8 @@ class SpellRequest(ParsedInput):
             data = json.loads(await request.body() or b"{}")
         except ValueError as error:
             return cls.refuse(f"body is not valid JSON ({error})")
+        except RecursionError:
+            return cls.refuse("body is JSON nested too deeply to read")
         if not isinstance(data, dict):
             return cls.refuse("body must be a JSON object with a field 'phonemes'")
         data.pop("problem", None)

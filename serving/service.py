@@ -6,11 +6,12 @@ bentoml serve serving.service:SceneSpell
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import bentoml
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from serving.batching import MicroBatcher
@@ -32,8 +33,9 @@ except StartupError as error:
     raise SystemExit(f"error: {error}") from None
 
 
-def error(message: str, status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error(message: str, status: int = 400) -> Response:
+    """A JSON error body; ASCII-escaped, since a message may quote a client's string with lone surrogates."""
+    return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
 
 
 def choose(models: dict, name: str | None, default: str):

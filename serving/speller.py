@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from exports import decoding
+from exports.metadata import MetadataError
 from exports.runtime import SpellerGraphs
 from serving.errors import InputError
 
@@ -25,6 +26,28 @@ class Speller:
         self.index = {symbol: i for i, symbol in enumerate(self.phonemes) if i != self.special["phoneme_pad"]}
         self.max_input_length = int(self.metadata["max_input_length"])
         self.max_output_length = int(self.metadata["max_output_length"])
+        self._check_graphs()
+
+    def _check_graphs(self) -> None:
+        """Refuse at startup graphs that disagree with the metadata, rather than fail requests later."""
+        g = self.graphs
+        encoder_inputs = [(i.name, i.type) for i in g.encoder.get_inputs()]
+        widths = {o.name: o.shape[-1] for o in g.decoder.get_outputs()}
+        unfed = sorted(set(g.decoder_inputs) - set(g.encoder_outputs))
+        problems = [
+            f"encoder inputs {encoder_inputs}, expected [('phonemes', 'tensor(int64)')]"
+            if encoder_inputs != [("phonemes", "tensor(int64)")] else "",
+            "" if "token" in {i.name for i in g.decoder.get_inputs()} else "decoder has no input 'token'",
+            "decoder has no output 'log_probs'" if "log_probs" not in widths else "",
+            f"decoder log_probs has {widths['log_probs']} letters, metadata 'graphemes' {len(self.graphemes)}"
+            if isinstance(widths.get("log_probs"), int) and widths["log_probs"] != len(self.graphemes) else "",
+            f"decoder inputs {unfed} are not encoder outputs" if unfed else "",
+        ]  # fmt: skip
+        if any(problems):
+            found = "; ".join(p for p in problems if p)
+            raise MetadataError(
+                f"{g.decoder_path}: graphs disagree with the metadata of {g.encoder_path.name}: {found}"
+            )
 
     def parse(self, phonemes: str | list[str]) -> list[str]:
         """ARPAbet symbols, separated by spaces or as a list; case-insensitive; stress digits dropped."""
