@@ -1,0 +1,71 @@
+"""`make bench` machinery in a tiny run: every table is produced and no request fails. Speed is never asserted
+here; the figures of a tiny run mean nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from exports import EXPORTS_DIR
+from tests.server import ROOT
+
+HEADINGS = (
+    "## Targets",
+    "## Classifiers: ONNX Runtime vs PyTorch eager",
+    "## Spellers: ONNX Runtime vs PyTorch eager",
+    "## ONNX Runtime latency at batch 1, every served model",
+    "## Serving through the running server",
+    "## Ratios",
+    "## Memory and endurance",
+    "## Startup",
+)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    # one thread: PyTorch's OpenMP threads crawl when other processes share the cores, and speed is not the point
+    command = [sys.executable, "-m", "bench.run", "--quick", "--threads", "1", "--exports", str(EXPORTS_DIR),
+               "--output", str(out / "results.md"), "--json", str(out / "results.json")]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout, (out / "results.md").read_text(), json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_every_table_is_written_and_printed(quick_run):
+    stdout, markdown, _ = quick_run
+    for heading in HEADINGS:
+        assert heading in markdown, heading
+    assert markdown.strip() in stdout
+    assert not re.search(r"\bnan\b", markdown, re.IGNORECASE)
+
+
+@pytest.mark.slow
+def test_every_served_model_is_measured(quick_run):
+    _, _, results = quick_run
+    classifiers = {path.name.removeprefix("cnn-").removesuffix(".onnx") for path in EXPORTS_DIR.glob("cnn-*.onnx")}
+    spellers = {
+        path.name.removeprefix("p2g-").removesuffix(".encoder.onnx") for path in EXPORTS_DIR.glob("p2g-*.encoder.onnx")
+    }
+    assert {row["model"] for row in results["models"]["classifiers"]} == classifiers
+    assert {row["model"] for row in results["models"]["spellers"]} == spellers
+    differ = [row["model"] for row in results["models"]["classifiers"] + results["models"]["spellers"]
+              if not row["same_size"]]  # fmt: skip
+    assert not differ, f"the PyTorch twins of {differ} do not have the exports' parameter counts"
+
+
+@pytest.mark.slow
+def test_no_request_fails(quick_run):
+    _, _, results = quick_run
+    serving = results["serving"]
+    levels = [level for server in serving.values() for key in ("classify", "spell") for level in server.get(key, [])]
+    assert len(levels) == 3 * 4  # concurrency 1, 8, 32 of /classify on three servers and of /spell on SceneSpell
+    assert all(level["requests"] > 0 and level["failed"] == 0 for level in levels), levels
+    assert all(server["warmup_failed"] == 0 for server in serving.values())
+    assert all(point["failed"] == 0 for point in serving["endurance"]["memory"])
+    assert serving["endurance"]["after"]["requests"] > 0 and serving["endurance"]["after"]["failed"] == 0
