@@ -28,10 +28,10 @@ from training import checkpoint
 from training.cnn import FlipAveraged, SceneClassifier, count_parameters
 from training.onnx_export import export
 from training.scenes import DataError, load_scenes
+from training.sweep_cnn import NETWORKS as REFERENCE_NETWORKS
 from training.train_cnn import DEFAULT_DATA
 
 TOLERANCE = 1e-4
-REFERENCE_NETWORKS = ("vanilla", "bn-gap")
 
 
 def best_runs(results: Path) -> dict[str, dict]:

@@ -16,11 +16,9 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from exports import EXPORTS_DIR, decoding
 from exports.runtime import SpellerGraphs
-from training.p2g_data import load_splits, spellings_by_key
+from training.p2g_data import load_splits, pad, spellings_by_key
 from training.p2g_metrics import error_rates, wer_at_k
 
 BEAM, SAMPLES, TOP_P = 5, 5, 0.8
@@ -35,9 +33,7 @@ def decode_split(graphs: SpellerGraphs, pairs, method: str, batch: int) -> tuple
     results, seconds = [], 0.0
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
-        ids = np.zeros((len(chunk), max(len(p.phonemes) for p in chunk)), dtype=np.int64)
-        for row, pair in enumerate(chunk):
-            ids[row, : len(pair.phonemes)] = [index[s] for s in pair.phonemes]
+        ids = pad([[index[s] for s in pair.phonemes] for pair in chunk]).numpy()
         began = time.process_time()
         state = graphs.initial_state(ids)
         if method == "greedy":

@@ -162,7 +162,7 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{config.model}: {params:,} parameters; pairs " + ", ".join(f"{s} {len(p):,}" for s, p in splits.items()))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    steps_per_epoch = sum(1 for _ in batches(splits["train"], vocab, config.batch_size))
+    steps_per_epoch = -(-len(splits["train"]) // config.batch_size)  # what `batches` yields: full chunks of 50
     schedule = learning_rate_schedule(optimizer, config, steps_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
     history, best = [], {"val_cer": float("inf"), "epoch": 0}
