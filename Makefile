@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-transformer compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-trivial train-transformer compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -54,11 +54,23 @@ train-p2g: $(VENV)/.full ## both reference spellers, attention and vanilla, 20 e
 	$(PY) -m training.train_p2g --model vanilla --threads $(THREADS) --resume
 	$(PY) -m training.p2g_report
 
+RESNET := $(PY) -m training.train_cnn --network resnet --lr 0.2 --epochs 45 --label-smoothing 0.1 --schedule onecycle \
+	--nesterov --weight-decay 5e-4 --ema 0.998 --data "$(DATA)" --threads $(THREADS) --resume
+
 train-resnet: $(VENV)/.full ## our scene CNN: residual network, flips and crops, one-cycle SGD, 45 epochs (resumable)
 	$(need_data)
-	$(PY) -m training.train_cnn --network resnet --lr 0.2 --epochs 45 --augment flip-crop --label-smoothing 0.1 \
-		--schedule onecycle --nesterov --weight-decay 5e-4 --ema 0.998 --name resnet \
-		--data "$(DATA)" --threads $(THREADS) --resume
+	$(RESNET) --augment flip-crop --name resnet
+	$(PY) -m training.cnn_report
+
+train-resnet-distilled: $(VENV)/.full ## the same network distilled from the `resnet` run (trains it first if missing)
+	$(need_data)
+	test -e runs/cnn/resnet/best.pt || $(MAKE) train-resnet
+	$(RESNET) --augment flip-crop --teacher runs/cnn/resnet/best.pt --distill 0.5 --temperature 2 --name resnet-distilled
+	$(PY) -m training.cnn_report
+
+train-resnet-trivial: $(VENV)/.full ## ablation: the `resnet` recipe with TrivialAugment on top of flips and crops
+	$(need_data)
+	$(RESNET) --augment flip-crop-trivial --name resnet-trivial
 	$(PY) -m training.cnn_report
 
 train-transformer: $(VENV)/.full ## our speller: a transformer encoder-decoder, 15 epochs (resumable)

@@ -24,9 +24,9 @@ from bench.servers import ROOT
 from exports import EXPORTS_DIR
 
 FULL = {"model_repeats": 5, "model_seconds": 0.3, "words": 64, "warmup": 0.5, "seconds": 2.5, "repeats": 3,
-        "memory_counts": (1000, 10000), "startup_samples": 3}  # fmt: skip
+        "memory_counts": (1000, 10000, 30000), "startup_samples": 3}  # fmt: skip
 QUICK = {"model_repeats": 1, "model_seconds": 0.01, "words": 4, "warmup": 0.1, "seconds": 0.15, "repeats": 2,
-         "memory_counts": (50, 150), "startup_samples": 1}  # fmt: skip
+         "memory_counts": (50, 150, 250), "startup_samples": 1}  # fmt: skip
 
 
 def pronunciations(count: int) -> list[tuple[str, ...]]:

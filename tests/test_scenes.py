@@ -160,14 +160,14 @@ def test_committed_sweep_table_matches_the_run_metrics():
 
 
 def test_committed_table_of_our_networks_matches_the_run_metrics():
-    from training.cnn_report import table
+    from training.cnn_report import report
     from training.sweep_cnn import NETWORKS
 
     results_dir = EXPORTS_DIR.parent / "results" / "cnn"
     runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*/metrics.json"))]
     ours = [m for m in runs if m["config"]["network"] not in NETWORKS]
     assert ours and all("flip_averaging" in m for m in ours)
-    assert (results_dir / "ours.md").read_text() == table(ours)
+    assert (results_dir / "ours.md").read_text() == report(ours)
 
 
 def test_served_default_is_the_best_classifier_by_validation_accuracy():
@@ -189,6 +189,43 @@ def test_augmentations_keep_shape_and_reduce_to_identity_or_flip():
         assert all(same)
     moved = flip_crop(images, generator, pad=4)
     assert not torch.equal(moved, images.float()) and moved.min() >= 0 and moved.max() <= 255
+
+
+def test_trivial_augment_keeps_shape_and_pixel_range_and_changes_images():
+    from training.augment import flip_crop_trivial
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (32, 48, 48, 3), dtype=torch.uint8)
+    out = flip_crop_trivial(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 255 and not torch.equal(out, images.float())
+
+
+def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
+    from training.train_cnn import distillation_loss
+
+    teacher = torch.randn(8, 6)
+    assert distillation_loss(teacher.clone(), teacher, 2.0).abs() < 1e-6
+    assert distillation_loss(teacher + 1.0, teacher, 2.0).abs() < 1e-6  # a shift of all logits is the same softmax
+    student = torch.randn(8, 6, requires_grad=True)
+    loss = distillation_loss(student, teacher, 2.0)
+    loss.backward()
+    assert loss > 0
+    with torch.no_grad():  # a small step against the gradient brings the student closer
+        assert distillation_loss(student - 0.1 * student.grad, teacher, 2.0) < loss
+
+
+def test_ablation_table_names_each_runs_change_from_the_baseline():
+    from training.cnn_report import ablation
+
+    def run(name, val, **config):
+        config = {"network": "resnet", "augment": "flip-crop", "threads": 1, "run_name": name, **config}
+        return {"name": name, "config": config, "val_acc": val, "test_acc": val, "train_seconds": 600}
+
+    runs = [run("resnet", 0.90), run("resnet-trivial", 0.91, augment="flip-crop-trivial")]
+    text = ablation(runs)
+    assert "| resnet-trivial | augment 'flip-crop' -> 'flip-crop-trivial' | 0.9100 | +0.0100 |" in text
+    assert ablation(runs[:1]) == "" and ablation(runs[1:]) == ""
 
 
 def test_residual_network_fits_the_parameter_budget():

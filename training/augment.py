@@ -54,7 +54,22 @@ def resized_crop_jitter(
     return x.clamp(0, 255).permute(0, 2, 3, 1)
 
 
-AUGMENTATIONS = {"none": None, "flip-crop": flip_crop, "resized-crop": resized_crop_jitter}
+def flip_crop_trivial(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flips and padded crops, then torchvision's TrivialAugmentWide (one random photometric or geometric
+    operation of random strength per image). It draws from torch's global generator, not `generator`."""
+    from torchvision.transforms import v2
+
+    trivial = v2.TrivialAugmentWide()
+    x = flip_crop(images, generator).round().to(torch.uint8).permute(0, 3, 1, 2)
+    return torch.stack([trivial(image) for image in x]).permute(0, 2, 3, 1).float()
+
+
+AUGMENTATIONS = {
+    "none": None,
+    "flip-crop": flip_crop,
+    "resized-crop": resized_crop_jitter,
+    "flip-crop-trivial": flip_crop_trivial,
+}
 
 
 def mixup(images: torch.Tensor, labels: torch.Tensor, classes: int, alpha: float, generator: torch.Generator):

@@ -3,7 +3,9 @@
     python -m training.cnn_report     # prints it and writes results/cnn/ours.md
 
 Beside each run's best-epoch accuracy it shows what training measured for the ablation: test-time flip
-averaging, and the last epoch's raw weights against their exponential moving average.
+averaging, and the last epoch's raw weights against their exponential moving average. A second table
+sets every other run against the baseline run (`resnet`): what its configuration changes, and by how
+much that moved validation accuracy.
 """
 
 from __future__ import annotations
@@ -33,6 +35,41 @@ def table(runs: list[dict]) -> str:
     return "\n".join(rows) + "\n"
 
 
+BASELINE = "resnet"
+NOT_A_CHANGE = {"run_name", "threads", "data"}
+
+
+def changes(config: dict, baseline: dict) -> str:
+    keys = [k for k in config if k not in NOT_A_CHANGE and config[k] != baseline.get(k)]
+    return ", ".join(f"{k} {baseline.get(k)!r} -> {config[k]!r}" for k in keys) or "none (another seed)"
+
+
+def ablation(runs: list[dict], baseline_name: str = BASELINE) -> str:
+    """Each run against the baseline: the configuration it changes and its validation accuracy."""
+    baseline = next((m for m in runs if m["name"] == baseline_name), None)
+    if baseline is None:
+        return ""
+    rows = [
+        f"| run | change from `{baseline_name}` | val acc | change in val acc | test acc | time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in runs:
+        if m is baseline:
+            continue
+        rows.append(
+            f"| {m['name']} | {changes(m['config'], baseline['config'])} | {m['val_acc']:.4f} "
+            f"| {m['val_acc'] - baseline['val_acc']:+.4f} | {m['test_acc']:.4f} | {m['train_seconds'] / 60:.0f} min |"
+        )
+    return "\n".join(rows) + "\n" if len(rows) > 2 else ""
+
+
+def report(runs: list[dict]) -> str:
+    text = table(runs)
+    if ablated := ablation(runs):
+        text += "\n" + ablated
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results/cnn")
@@ -41,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     ours = [m for m in runs if m["config"]["network"] not in REFERENCE_NETWORKS]
     if not ours:
         raise SystemExit(f"error: no run of our own networks in {args.results}; run `make train-resnet` first")
-    text = table(ours)
+    text = report(ours)
     Path(args.results, "ours.md").write_text(text)
     print(text)
 

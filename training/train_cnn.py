@@ -45,6 +45,9 @@ class Config:
     mixup: float = 0.0  # Beta(alpha, alpha) mixing weight; 0 = off
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and kept; 0 = off
+    teacher: str = ""  # a best.pt of another run: distil its soft labels into this network
+    distill: float = 0.0  # weight of the distillation term (the rest goes to cross-entropy with the labels)
+    temperature: float = 2.0  # softmax temperature of the distillation term
     seed: int = 0
     data: str = DEFAULT_DATA
     run_name: str = ""
@@ -69,7 +72,22 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return F.cross_entropy(logits, labels).item(), (predictions == labels).float().mean().item(), predictions
 
 
-def train_epoch(model, optimizer, schedule, ema, images, labels, config: Config, generator, desc) -> float:
+def load_teacher(path: str) -> SceneClassifier:
+    """A trained classifier from its best.pt, frozen, for distillation."""
+    saved = checkpoint.load(Path(path))
+    teacher = SceneClassifier(saved["network"], saved["mean"], saved["std"])
+    teacher.load_state_dict(saved["model"])
+    return teacher.eval().requires_grad_(False)
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the softened distributions, scaled by T^2 so that its gradients keep their size."""
+    student = F.log_softmax(logits / temperature, dim=1)
+    teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
+
+
+def train_epoch(model, optimizer, schedule, ema, images, labels, config: Config, generator, desc, teacher=None):
     model.train()
     augment = AUGMENTATIONS[config.augment]
     order = torch.randperm(len(images), generator=generator)
@@ -82,7 +100,13 @@ def train_epoch(model, optimizer, schedule, ema, images, labels, config: Config,
             inputs = augment(inputs, generator)
         if config.mixup:
             inputs, targets = mixup(inputs.float(), targets, NUM_CLASSES, config.mixup, generator)
-        loss = F.cross_entropy(model(inputs), targets, label_smoothing=config.label_smoothing)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(inputs)
+            soft = distillation_loss(logits, teacher_logits, config.temperature)
+            loss = (1 - config.distill) * loss + config.distill * soft
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -122,6 +146,7 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
         if config.ema
         else None
     )
+    teacher = load_teacher(config.teacher) if config.teacher else None
     evaluated = model if ema is None else ema.module  # the weights that are measured, kept and exported
     generator = torch.Generator().manual_seed(config.seed)
     history, best = [], {"val_acc": -1.0, "epoch": 0}
@@ -133,7 +158,7 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         train_loss = train_epoch(
-            model, optimizer, schedule, ema, *tensors["train"], config, generator, f"{config.name} {epoch}"
+            model, optimizer, schedule, ema, *tensors["train"], config, generator, f"{config.name} {epoch}", teacher
         )
         val_loss, val_acc, _ = evaluate(evaluated, *tensors["val"])
         seconds = time.perf_counter() - start
@@ -200,11 +225,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Config()
     parser.add_argument("--network", choices=sorted(NETWORKS), default=defaults.network)
-    for key in ("lr", "momentum", "weight_decay", "mixup", "label_smoothing", "ema"):
+    for key in ("lr", "momentum", "weight_decay", "mixup", "label_smoothing", "ema", "distill", "temperature"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=getattr(defaults, key))
     for key in ("epochs", "batch_size", "seed", "threads"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(defaults, key))
     parser.add_argument("--nesterov", action="store_true")
+    parser.add_argument("--teacher", default=defaults.teacher, help="best.pt of a trained run to distil from")
     parser.add_argument("--schedule", choices=["constant", "onecycle"], default=defaults.schedule)
     parser.add_argument("--augment", choices=sorted(AUGMENTATIONS), default=defaults.augment)
     parser.add_argument("--name", dest="run_name", default="", help="run name (default: <network>-lr<lr>)")
