@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from training.sweep_cnn import NETWORKS as REFERENCE_NETWORKS
+from training.train_cnn import Config
 
 
 def table(runs: list[dict]) -> str:
@@ -40,8 +42,11 @@ NOT_A_CHANGE = {"run_name", "threads", "data"}
 
 
 def changes(config: dict, baseline: dict) -> str:
-    keys = [k for k in config if k not in NOT_A_CHANGE and config[k] != baseline.get(k)]
-    return ", ".join(f"{k} {baseline.get(k)!r} -> {config[k]!r}" for k in keys) or "none (another seed)"
+    """The settings of `config` that differ from `baseline`'s; a setting newer than a run has its default."""
+    defaults = asdict(Config())
+    config, baseline = defaults | config, defaults | baseline
+    keys = [k for k in config if k not in NOT_A_CHANGE and config[k] != baseline[k]]
+    return ", ".join(f"{k} {baseline[k]!r} -> {config[k]!r}" for k in keys) or "none (another seed)"
 
 
 def ablation(runs: list[dict], baseline_name: str = BASELINE) -> str:
