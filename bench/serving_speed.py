@@ -3,7 +3,7 @@ latency percentiles at each concurrency, failures counted, warm-up excluded. The
 fresh SceneSpell: its resident memory after the warm-up and after 1,000, 10,000 and 30,000 requests, and
 /classify at the top concurrency once more, to compare a server that has served them with a fresh one.
 The last count lies past BentoML's traffic timeout (60 s) at these rates: its TimeoutMiddleware keeps a timer
-per request, holding the request's context, for that long, so memory grows until then and then stays.
+per request, holding the request's context, for that long, so memory grows until then and levels off.
 
 SceneSpell runs with the micro-batching of concurrent /classify requests on (the default) and off
 (SCENESPELL_BATCHING=0); batching applies to /classify only, so /spell is measured once. The bare Starlette
