@@ -18,18 +18,20 @@ import torch
 
 from exports.decoding import State, Step
 from training import train_p2g
-from training.cnn import SceneClassifier, count_parameters
+from training.cnn import FlipAveraged, SceneClassifier, count_parameters
 
 NETWORK_FLAG = re.compile(r"--network[= ](\S+)")
 
 
 def classifier(metadata: dict, seed: int = 0) -> torch.nn.Module:
-    """The classifier network named by the export's `train_command` (else its `name`), with random weights."""
+    """The classifier network named by the export's `train_command` (else its `name`), with random weights;
+    averaging flips when the export's graph does (metrics `flip_averaging`), so that both do the same work."""
     found = NETWORK_FLAG.search(metadata.get("train_command", ""))
     network = found.group(1) if found else metadata["name"]
     pre = metadata["preprocessing"]
     torch.manual_seed(seed)
-    return SceneClassifier(network, pre["mean"], pre["std"]).eval()
+    model = SceneClassifier(network, pre["mean"], pre["std"]).eval()
+    return FlipAveraged(model).eval() if metadata["metrics"].get("flip_averaging") else model
 
 
 def speller(metadata: dict, seed: int = 0) -> torch.nn.Module:

@@ -69,3 +69,20 @@ def test_no_request_fails(quick_run):
     assert all(server["warmup_failed"] == 0 for server in serving.values())
     assert all(point["failed"] == 0 for point in serving["endurance"]["memory"])
     assert serving["endurance"]["after"]["requests"] > 0 and serving["endurance"]["after"]["failed"] == 0
+
+
+def test_eager_twin_averages_flips_when_the_export_does():
+    import torch
+
+    from bench.eager import classifier, same_size
+    from exports.metadata import from_session
+    from exports.runtime import load_session
+    from training.cnn import FlipAveraged
+
+    metadata = from_session(load_session(EXPORTS_DIR / "cnn.onnx"), "cnn.onnx")
+    flipped = {**metadata, "metrics": {**metadata["metrics"], "flip_averaging": True}}
+    plain = {**metadata, "metrics": {**metadata["metrics"], "flip_averaging": False}}
+    assert isinstance(classifier(flipped), FlipAveraged) and not isinstance(classifier(plain), FlipAveraged)
+    assert same_size(classifier(flipped), metadata) and same_size(classifier(plain), metadata)
+    images = torch.randint(0, 256, (2, 48, 48, 3), dtype=torch.uint8)
+    assert classifier(flipped)(images).shape == classifier(plain)(images).shape == (2, len(metadata["class_names"]))
