@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -54,14 +55,14 @@ def resized_crop_jitter(
     return x.clamp(0, 255).permute(0, 2, 3, 1)
 
 
+TRIVIAL_AUGMENT = v2.TrivialAugmentWide()
+
+
 def flip_crop_trivial(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flips and padded crops, then torchvision's TrivialAugmentWide (one random photometric or geometric
     operation of random strength per image). It draws from torch's global generator, not `generator`."""
-    from torchvision.transforms import v2
-
-    trivial = v2.TrivialAugmentWide()
     x = flip_crop(images, generator).round().to(torch.uint8).permute(0, 3, 1, 2)
-    return torch.stack([trivial(image) for image in x]).permute(0, 2, 3, 1).float()
+    return torch.stack([TRIVIAL_AUGMENT(image) for image in x]).permute(0, 2, 3, 1).float()
 
 
 AUGMENTATIONS = {

@@ -24,12 +24,11 @@ import torch
 
 from exports import EXPORTS_DIR
 from exports.runtime import load_session
-from training import checkpoint
 from training.cnn import FlipAveraged, SceneClassifier, count_parameters
 from training.onnx_export import export
 from training.scenes import DataError, load_scenes
 from training.sweep_cnn import NETWORKS as REFERENCE_NETWORKS
-from training.train_cnn import DEFAULT_DATA
+from training.train_cnn import DEFAULT_DATA, load_classifier
 
 TOLERANCE = 1e-4
 # Flip averaging doubles the work per image; fold it in only for a gain above noise: 0.002 is three
@@ -46,13 +45,6 @@ def best_runs(results: Path) -> dict[str, dict]:
         if network not in best or metrics["val_acc"] > best[network]["val_acc"]:
             best[network] = metrics
     return best
-
-
-def load_model(run_dir: Path) -> SceneClassifier:
-    state = checkpoint.load(run_dir / "best.pt")
-    model = SceneClassifier(state["network"], state["mean"], state["std"])
-    model.load_state_dict(state["model"])
-    return model.eval()
 
 
 def check_parity(model: torch.nn.Module, path: Path, images: np.ndarray) -> dict:
@@ -87,7 +79,7 @@ def with_flip_averaging(model: SceneClassifier, metrics: dict) -> tuple[torch.nn
 
 
 def export_run(metrics: dict, runs: Path, out: Path, data) -> dict:
-    model = load_model(runs / metrics["name"])
+    model = load_classifier(runs / metrics["name"] / "best.pt")
     params = count_parameters(model)
     assert params == metrics["params"], (params, metrics["params"])
     graph, scores = with_flip_averaging(model, metrics)

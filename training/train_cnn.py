@@ -72,12 +72,12 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return F.cross_entropy(logits, labels).item(), (predictions == labels).float().mean().item(), predictions
 
 
-def load_teacher(path: str) -> SceneClassifier:
-    """A trained classifier from its best.pt, frozen, for distillation."""
-    saved = checkpoint.load(Path(path))
-    teacher = SceneClassifier(saved["network"], saved["mean"], saved["std"])
-    teacher.load_state_dict(saved["model"])
-    return teacher.eval().requires_grad_(False)
+def load_classifier(path: Path) -> SceneClassifier:
+    """A trained classifier from a run's best.pt, in eval mode (for export, or as a distillation teacher)."""
+    saved = checkpoint.load(path)
+    model = SceneClassifier(saved["network"], saved["mean"], saved["std"])
+    model.load_state_dict(saved["model"])
+    return model.eval()
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -146,7 +146,7 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
         if config.ema
         else None
     )
-    teacher = load_teacher(config.teacher) if config.teacher else None
+    teacher = load_classifier(Path(config.teacher)).requires_grad_(False) if config.teacher else None
     evaluated = model if ema is None else ema.module  # the weights that are measured, kept and exported
     generator = torch.Generator().manual_seed(config.seed)
     history, best = [], {"val_acc": -1.0, "epoch": 0}
