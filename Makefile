@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-trivial train-transformer compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-transformer compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -66,6 +66,15 @@ train-resnet-distilled: $(VENV)/.full ## the same network distilled from the `re
 	$(need_data)
 	test -e runs/cnn/resnet/best.pt || $(MAKE) train-resnet
 	$(RESNET) --augment flip-crop --teacher runs/cnn/resnet/best.pt --distill 0.5 --temperature 2 --name resnet-distilled
+	$(PY) -m training.cnn_report
+
+ENSEMBLE := runs/cnn/resnet/best.pt,runs/cnn/resnet-distilled/best.pt,runs/cnn/resnet-trivial/best.pt
+
+train-resnet-ensemble: $(VENV)/.full ## the same network distilled from the logit average of the three runs above (trains any missing)
+	$(need_data)
+	test -e runs/cnn/resnet-distilled/best.pt || $(MAKE) train-resnet-distilled
+	test -e runs/cnn/resnet-trivial/best.pt || $(MAKE) train-resnet-trivial
+	$(RESNET) --augment flip-crop --teacher $(ENSEMBLE) --distill 0.7 --temperature 2 --epochs 50 --name resnet-ensemble
 	$(PY) -m training.cnn_report
 
 train-resnet-trivial: $(VENV)/.full ## ablation: the `resnet` recipe with TrivialAugment on top of flips and crops

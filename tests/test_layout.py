@@ -10,7 +10,8 @@ import pytest
 
 from tests.server import ROOT
 
-TARGETS = ["serve", "test", "train-cnn", "train-p2g", "train-resnet", "train-resnet-distilled", "train-resnet-trivial",
+TARGETS = ["serve", "test", "train-cnn", "train-p2g", "train-resnet", "train-resnet-distilled", "train-resnet-ensemble",
+           "train-resnet-trivial",
            "train-transformer", "peer-p2g", "compare-p2g",
            "export", "bench", "build", "containerize", "container-smoke", "lint", "clean"]  # fmt: skip
 

@@ -215,6 +215,26 @@ def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
         assert distillation_loss(student - 0.1 * student.grad, teacher, 2.0) < loss
 
 
+def test_a_teacher_of_several_runs_is_the_mean_of_their_logits(tmp_path):
+    from training import checkpoint
+    from training.train_cnn import load_teacher
+
+    images = torch.randint(0, 256, (4, 48, 48, 3), dtype=torch.uint8)
+    paths, logits = [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = SceneClassifier("bn-gap", [0.5] * 3, [0.25] * 3).eval()
+        paths.append(tmp_path / f"run{seed}" / "best.pt")
+        checkpoint.save(paths[-1], model=model.state_dict(), network="bn-gap", mean=[0.5] * 3, std=[0.25] * 3)
+        logits.append(model(images))
+    with torch.no_grad():
+        assert torch.allclose(load_teacher(str(paths[0]))(images), logits[0])
+        ensemble = load_teacher(",".join(str(path) for path in paths))
+        assert not ensemble.training and not any(p.requires_grad for p in ensemble.parameters())
+        assert torch.allclose(ensemble(images), torch.stack(logits).mean(0), atol=1e-6)
+        assert not torch.allclose(ensemble(images), logits[0], atol=1e-3)
+
+
 def test_ablation_table_names_each_runs_change_from_the_baseline():
     from training.cnn_report import ablation
 

@@ -131,5 +131,16 @@ class FlipAveraged(nn.Module):
         return (self.model(images) + self.model(images.flip(2))) / 2
 
 
+class LogitAveraged(nn.Module):
+    """An ensemble: the mean of its classifiers' logits (a distillation teacher made of several runs)."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([model(images) for model in self.models]).mean(0)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.augment import AUGMENTATIONS, mixup
-from training.cnn import NETWORKS, NUM_CLASSES, FlipAveraged, SceneClassifier, count_parameters
+from training.cnn import NETWORKS, NUM_CLASSES, FlipAveraged, LogitAveraged, SceneClassifier, count_parameters
 from training.plots import plot_curves
 from training.scenes import DataError, SceneData, load_scenes
 
@@ -45,7 +45,7 @@ class Config:
     mixup: float = 0.0  # Beta(alpha, alpha) mixing weight; 0 = off
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and kept; 0 = off
-    teacher: str = ""  # a best.pt of another run: distil its soft labels into this network
+    teacher: str = ""  # best.pt of other runs, comma-separated: distil their (mean) soft labels into this network
     distill: float = 0.0  # weight of the distillation term (the rest goes to cross-entropy with the labels)
     temperature: float = 2.0  # softmax temperature of the distillation term
     seed: int = 0
@@ -78,6 +78,12 @@ def load_classifier(path: Path) -> SceneClassifier:
     model = SceneClassifier(saved["network"], saved["mean"], saved["std"])
     model.load_state_dict(saved["model"])
     return model.eval()
+
+
+def load_teacher(spec: str) -> torch.nn.Module:
+    """The distillation teacher: one run's classifier, or the logit average of several ("a/best.pt,b/best.pt")."""
+    models = [load_classifier(Path(path)).requires_grad_(False) for path in spec.split(",")]
+    return models[0] if len(models) == 1 else LogitAveraged(models).eval()
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -146,7 +152,7 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
         if config.ema
         else None
     )
-    teacher = load_classifier(Path(config.teacher)).requires_grad_(False) if config.teacher else None
+    teacher = load_teacher(config.teacher) if config.teacher else None
     evaluated = model if ema is None else ema.module  # the weights that are measured, kept and exported
     generator = torch.Generator().manual_seed(config.seed)
     history, best = [], {"val_acc": -1.0, "epoch": 0}
@@ -230,7 +236,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     for key in ("epochs", "batch_size", "seed", "threads"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(defaults, key))
     parser.add_argument("--nesterov", action="store_true")
-    parser.add_argument("--teacher", default=defaults.teacher, help="best.pt of a trained run to distil from")
+    parser.add_argument(
+        "--teacher",
+        default=defaults.teacher,
+        help="best.pt of a trained run to distil from; several, comma-separated, distil their logit average",
+    )
     parser.add_argument("--schedule", choices=["constant", "onecycle"], default=defaults.schedule)
     parser.add_argument("--augment", choices=sorted(AUGMENTATIONS), default=defaults.augment)
     parser.add_argument("--name", dest="run_name", default="", help="run name (default: <network>-lr<lr>)")
