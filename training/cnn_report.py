@@ -3,7 +3,8 @@
     python -m training.cnn_report     # prints it and writes results/cnn/ours.md
 
 Beside each run's best-epoch accuracy it shows what training measured for the ablation: test-time flip
-averaging, and the last epoch's raw weights against their exponential moving average. A second table
+averaging, the last epoch's raw weights against their exponential moving average, and the accuracy of the
+distillation teacher (one run, or the logit average of several). A second table
 sets every other run against the baseline run (`resnet`): what its configuration changes, and by how
 much that moved validation accuracy.
 """
@@ -22,17 +23,19 @@ from training.train_cnn import Config
 def table(runs: list[dict]) -> str:
     rows = [
         "| run | params | best epoch | val acc | test acc | flip-averaged val / test | "
-        "last epoch: EMA val / raw weights val | time |",
-        "|---|---|---|---|---|---|---|---|",
+        "last epoch: EMA val / raw weights val | teacher val / test | time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in runs:
         flip = m.get("flip_averaging")
         flipped = f"{flip['val_acc']:.4f} / {flip['test_acc']:.4f}" if flip else "-"
         raw = m.get("raw_weights_last_epoch_val_acc")
         ema = f"{m['history'][-1]['val_acc']:.4f} / {raw:.4f}" if raw is not None else "-"
+        teacher = m.get("teacher")
+        taught = f"{teacher['val_acc']:.4f} / {teacher['test_acc']:.4f}" if teacher else "-"
         rows.append(
             f"| {m['name']} | {m['params']:,} | {m['best_epoch']}/{m['config']['epochs']} | {m['val_acc']:.4f} "
-            f"| {m['test_acc']:.4f} | {flipped} | {ema} | {m['train_seconds'] / 60:.0f} min |"
+            f"| {m['test_acc']:.4f} | {flipped} | {ema} | {taught} | {m['train_seconds'] / 60:.0f} min |"
         )
     return "\n".join(rows) + "\n"
 

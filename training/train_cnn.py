@@ -183,10 +183,12 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
         checkpoint.save_progress(last, model, optimizer, generator, history, best, **extra)
     evaluated.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
     _, test_acc, _ = evaluate(evaluated, *tensors["test"])
-    # Two measurements for the ablation of our own recipes: flip averaging at test time, and the last epoch's
-    # raw weights (EMA off) against the averaged ones.
+    # Measurements for the ablation of our own recipes: flip averaging at test time, the last epoch's raw
+    # weights (EMA off) against the averaged ones, and the distillation teacher's own accuracy.
     flip = {split: evaluate(FlipAveraged(evaluated), *tensors[split])[1] for split in ("val", "test")}
     raw = {"raw_weights_last_epoch_val_acc": evaluate(model, *tensors["val"])[1]} if ema is not None else {}
+    if teacher is not None:  # what the student is set against: the accuracy of the soft labels it learnt from
+        raw["teacher"] = {f"{split}_acc": evaluate(teacher, *tensors[split])[1] for split in ("val", "test")}
     metrics = {
         "name": config.name,
         "config": asdict(config),
