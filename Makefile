@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-transformer compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-transformer compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -80,6 +80,11 @@ train-resnet-ensemble: $(VENV)/.full ## the same network distilled from the logi
 train-resnet-trivial: $(VENV)/.full ## ablation: the `resnet` recipe with TrivialAugment on top of flips and crops
 	$(need_data)
 	$(RESNET) --augment flip-crop-trivial --name resnet-trivial
+	$(PY) -m training.cnn_report
+
+train-resnet-trivial-long: $(VENV)/.full ## ablation of length: `resnet-trivial` over 100 epochs (about 100 min on 2 threads)
+	$(need_data)
+	$(RESNET) --augment flip-crop-trivial --epochs 100 --name resnet-trivial-long
 	$(PY) -m training.cnn_report
 
 train-transformer: $(VENV)/.full ## our speller: a transformer encoder-decoder, 15 epochs (resumable)
