@@ -72,6 +72,7 @@ ENSEMBLE := runs/cnn/resnet/best.pt,runs/cnn/resnet-distilled/best.pt,runs/cnn/r
 
 train-resnet-ensemble: $(VENV)/.full ## the same network distilled from the logit average of the three runs above (trains any missing)
 	$(need_data)
+	test -e runs/cnn/resnet/best.pt || $(MAKE) train-resnet
 	test -e runs/cnn/resnet-distilled/best.pt || $(MAKE) train-resnet-distilled
 	test -e runs/cnn/resnet-trivial/best.pt || $(MAKE) train-resnet-trivial
 	$(RESNET) --augment flip-crop --teacher $(ENSEMBLE) --distill 0.7 --temperature 2 --epochs 50 --name resnet-ensemble

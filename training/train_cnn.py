@@ -186,9 +186,9 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
     # Measurements for the ablation of our own recipes: flip averaging at test time, the last epoch's raw
     # weights (EMA off) against the averaged ones, and the distillation teacher's own accuracy.
     flip = {split: evaluate(FlipAveraged(evaluated), *tensors[split])[1] for split in ("val", "test")}
-    raw = {"raw_weights_last_epoch_val_acc": evaluate(model, *tensors["val"])[1]} if ema is not None else {}
+    measured = {"raw_weights_last_epoch_val_acc": evaluate(model, *tensors["val"])[1]} if ema is not None else {}
     if teacher is not None:  # what the student is set against: the accuracy of the soft labels it learnt from
-        raw["teacher"] = {f"{split}_acc": evaluate(teacher, *tensors[split])[1] for split in ("val", "test")}
+        measured["teacher"] = {f"{split}_acc": evaluate(teacher, *tensors[split])[1] for split in ("val", "test")}
     metrics = {
         "name": config.name,
         "config": asdict(config),
@@ -197,7 +197,7 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
         "val_acc": best["val_acc"],
         "test_acc": test_acc,
         "flip_averaging": {"val_acc": flip["val"], "test_acc": flip["test"]},
-        **raw,
+        **measured,
         "train_seconds": sum(row["seconds"] for row in history),
         "data_sha256": data.fingerprint(),
         "train_command": "python -m training.train_cnn " + shlex.join(config_args(config)),
