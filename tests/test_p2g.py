@@ -12,6 +12,7 @@ from training.p2g_data import Vocab, cmudict_splits, spellings_by_key, split_of,
 from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig
 from training.p2g_transformer import TransformerConfig, TransformerSpeller
+from training.train_p2g import config_args, parse_args, run_name
 
 SMALL_TRANSFORMER = TransformerConfig(d_model=32, heads=4, ffn=64, encoder_layers=2, decoder_layers=2, dropout=0.1)
 
@@ -246,7 +247,23 @@ def test_export_has_dynamic_batch_and_lengths(tmp_path, vocab):
         assert np.abs(onnx_log_probs - torch.log_softmax(logits, 1).numpy()).max() < 1e-4
 
 
-@pytest.mark.parametrize("name", ["attention", "vanilla", "transformer"])
+COMMITTED_SPELLERS = sorted(p.name.removeprefix("p2g-").removesuffix(".encoder.onnx")
+                            for p in EXPORTS_DIR.glob("p2g-*.encoder.onnx"))  # fmt: skip
+
+
+def test_reference_spellers_are_committed():
+    assert {"attention", "vanilla"} <= set(COMMITTED_SPELLERS), COMMITTED_SPELLERS
+
+
+def test_a_run_is_named_by_its_model_unless_given_a_name():
+    reference, _ = parse_args(["--model", "vanilla"])
+    assert run_name(reference) == "vanilla" and not any(a.startswith("--name") for a in config_args(reference))
+    named, _ = parse_args(["--model", "attention", "--name", "attention-large", "--hidden", "256"])
+    assert run_name(named) == "attention-large" and "--name=attention-large" in config_args(named)
+    assert parse_args(config_args(named))[0] == named  # the recorded train command rebuilds the same config
+
+
+@pytest.mark.parametrize("name", COMMITTED_SPELLERS)
 def test_committed_speller_reproduces_its_test_metrics(name, splits):
     """Greedy decoding of the whole test split through ONNX Runtime gives the CER and WER in the metadata."""
     graphs = SpellerGraphs(EXPORTS_DIR / f"p2g-{name}", threads=2)

@@ -23,7 +23,7 @@ from training.onnx_export import export
 from training.p2g_data import BOS, EOS, PAD, Vocab, load_splits, pad
 from training.p2g_model import Speller
 from training.p2g_transformer import TransformerSpeller
-from training.train_p2g import Config, build, spell
+from training.train_p2g import Config, build, run_name, spell
 
 MAX_INPUT_LENGTH = 64
 
@@ -100,7 +100,7 @@ def export_model(run_dir: Path, results_dir: Path, prefix: Path) -> dict:
     axes = {"phonemes": {0: "batch", 1: "time"}, "token": {0: "batch"}, **axes}
     common = {
         "kind": "speller",
-        "name": config.model,
+        "name": run_name(config),
         "phonemes": list(vocab.phonemes),
         "graphemes": list(vocab.graphemes),
         "special_tokens": {"pad": vocab.graphemes.index(PAD), "bos": vocab.graphemes.index(BOS),

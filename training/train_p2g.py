@@ -36,6 +36,7 @@ MODELS = ("attention", "vanilla", "transformer")
 @dataclass
 class Config:
     model: str = "attention"
+    name: str = ""  # the run's name (runs/p2g/NAME, exports/p2g-NAME.*); empty: the model's
     hidden: int = 128
     embedding: int = 128
     dropout: float = 0.3
@@ -54,6 +55,10 @@ class Config:
     seed: int = 0
     data: str = "cmudict"
     threads: int = 2
+
+
+def run_name(config: Config) -> str:
+    return config.name or config.model
 
 
 def build(config: Config, vocab: Vocab) -> Speller | TransformerSpeller:
@@ -160,19 +165,20 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
     vocab = Vocab.from_pairs([p for pairs in splits.values() for p in pairs])
     model = build(config, vocab)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"{config.model}: {params:,} parameters; pairs " + ", ".join(f"{s} {len(p):,}" for s, p in splits.items()))
+    name = run_name(config)
+    print(f"{name}: {params:,} parameters; pairs " + ", ".join(f"{s} {len(p):,}" for s, p in splits.items()))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps_per_epoch = -(-len(splits["train"]) // config.batch_size)  # what `batches` yields: full chunks of 50
     schedule = learning_rate_schedule(optimizer, config, steps_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
     history, best = [], {"val_cer": float("inf"), "epoch": 0}
     last = run_dir / "last.pt"
-    if resume and (restored := checkpoint.resume(last, model, optimizer, generator, config.model, schedule=schedule)):
+    if resume and (restored := checkpoint.resume(last, model, optimizer, generator, name, schedule=schedule)):
         history, best = restored
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         train_loss = train_epoch(
-            model, optimizer, schedule, splits["train"], vocab, config, generator, f"{config.model} {epoch}"
+            model, optimizer, schedule, splits["train"], vocab, config, generator, f"{name} {epoch}"
         )
         val = evaluate(model, vocab, splits["valid"], spellings, config)
         seconds = time.perf_counter() - start
@@ -180,7 +186,7 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
             {"epoch": epoch, "train_loss": train_loss, "val_cer": val["cer"], "val_wer": val["wer"], "seconds": seconds}
         )
         print(
-            f"{config.model} epoch {epoch:2d}/{config.epochs}  train_loss {train_loss:.4f}  "
+            f"{name} epoch {epoch:2d}/{config.epochs}  train_loss {train_loss:.4f}  "
             f"val_cer {val['cer']:.4f}  val_wer {val['wer']:.4f}  {seconds:.0f}s",
             flush=True,
         )
@@ -190,7 +196,7 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
         checkpoint.save_progress(last, model, optimizer, generator, history, best, schedule=schedule)
     model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
     metrics = {
-        "name": config.model,
+        "name": name,
         "config": asdict(config),
         "params": params,
         "best_epoch": best["epoch"],
@@ -207,7 +213,7 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
         history,
         {"training loss": ["train_loss"], "validation error": ["val_cer", "val_wer"]},
         results_dir / "curves.png",
-        f"{config.model}: best val CER {best['val_cer']:.4f} at epoch {best['epoch']}",
+        f"{name}: best val CER {best['val_cer']:.4f} at epoch {best['epoch']}",
     )
     if config.model == "attention":
         from training.p2g_plots import attention_heatmaps
@@ -218,7 +224,8 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
 
 
 def config_args(config: Config) -> list[str]:
-    return [f"--{key.replace('_', '-')}={value}" for key, value in asdict(config).items() if key != "threads"]
+    skip = {"threads"} | ({"name"} if not config.name else set())
+    return [f"--{key.replace('_', '-')}={value}" for key, value in asdict(config).items() if key not in skip]
 
 
 def parse_args(argv: list[str] | None = None):
@@ -226,8 +233,9 @@ def parse_args(argv: list[str] | None = None):
     defaults = Config()
     parser.add_argument("--model", choices=sorted(MODELS), default=defaults.model)
     for key, value in asdict(defaults).items():
-        if key not in ("model", "data"):
+        if key not in ("model", "name", "data"):
             parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--name", default=defaults.name, help="the run's name (default: the model's)")
     parser.add_argument("--data", default=defaults.data, help="'cmudict' or a folder with train, valid, test TSVs")
     parser.add_argument("--runs", default="runs/p2g")
     parser.add_argument("--results", default="results/p2g")
@@ -239,7 +247,7 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_args(argv)
     try:
-        train(config, Path(args.runs) / config.model, Path(args.results) / config.model, args.resume)
+        train(config, Path(args.runs) / run_name(config), Path(args.results) / run_name(config), args.resume)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
 
