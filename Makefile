@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-transformer train-attention-large compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-transformer train-attention-large train-attention-deep compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -95,6 +95,11 @@ train-transformer: $(VENV)/.full ## our speller: a transformer encoder-decoder, 
 
 train-attention-large: $(VENV)/.full ## our speller: the attention LSTM at hidden 256, label smoothing, warm-up + cosine, 40 epochs (resumable)
 	$(PY) -m training.train_p2g --model attention --name attention-large --hidden 256 --embedding 256 \
+		--batch-size 128 --epochs 40 --label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
+	$(PY) -m training.p2g_report
+
+train-attention-deep: $(VENV)/.full ## our speller: `attention-large` with a BiLSTM encoder of 2 layers (resumable)
+	$(PY) -m training.train_p2g --model attention --name attention-deep --hidden 256 --embedding 256 --encoder-layers 2 \
 		--batch-size 128 --epochs 40 --label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
 	$(PY) -m training.p2g_report
 

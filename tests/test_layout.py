@@ -12,7 +12,7 @@ from tests.server import ROOT
 
 TARGETS = ["serve", "test", "train-cnn", "train-p2g", "train-resnet", "train-resnet-distilled", "train-resnet-ensemble",
            "train-resnet-trivial", "train-resnet-trivial-long",
-           "train-transformer", "train-attention-large", "peer-p2g", "compare-p2g",
+           "train-transformer", "train-attention-large", "train-attention-deep", "peer-p2g", "compare-p2g",
            "export", "bench", "build", "containerize", "container-smoke", "lint", "clean"]  # fmt: skip
 
 

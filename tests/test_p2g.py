@@ -55,10 +55,11 @@ def test_parameter_counts(vocab, attention, expected):
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
-@pytest.mark.parametrize("attention", [True, False])
-def test_padding_changes_nothing_and_teacher_forcing_equals_steps(vocab, attention):
+@pytest.mark.parametrize(("attention", "layers"), [(True, 1), (False, 1), (True, 2)])
+def test_padding_changes_nothing_and_teacher_forcing_equals_steps(vocab, attention, layers):
     torch.manual_seed(0)
-    model = Speller(len(vocab.phonemes), len(vocab.graphemes), SpellerConfig(attention=attention)).eval()
+    config = SpellerConfig(attention=attention, encoder_layers=layers)
+    model = Speller(len(vocab.phonemes), len(vocab.graphemes), config).eval()
     short = torch.tensor([[5, 6, 7]])
     padded = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
     with torch.no_grad():
@@ -216,13 +217,14 @@ def test_metrics():
     assert wer_at_k(["cat", "dog"], [["kat", "cat"], ["dig", "dug"]], 2) == 0.5
 
 
-def test_export_has_dynamic_batch_and_lengths(tmp_path, vocab):
+@pytest.mark.parametrize("layers", [1, 2])
+def test_export_has_dynamic_batch_and_lengths(tmp_path, vocab, layers):
     """A fresh model exported to ONNX gives the PyTorch log-probabilities at other batch sizes and lengths."""
     from training.export_p2g import DecoderStepGraph, EncoderGraph
     from training.onnx_export import export
 
     torch.manual_seed(0)
-    model = Speller(len(vocab.phonemes), len(vocab.graphemes), SpellerConfig()).eval()
+    model = Speller(len(vocab.phonemes), len(vocab.graphemes), SpellerConfig(encoder_layers=layers)).eval()
     meta = {"kind": "speller", "name": "t", "part": "", "phonemes": [], "graphemes": [], "special_tokens": {},
             "stress": False, "max_input_length": 64, "max_output_length": 48, "params": 0, "metrics": {},
             "data_sha256": "", "train_command": ""}  # fmt: skip

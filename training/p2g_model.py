@@ -21,6 +21,7 @@ class SpellerConfig:
     embedding: int = 128
     hidden: int = 128
     dropout: float = 0.3
+    encoder_layers: int = 1
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -31,26 +32,39 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
 
 
 class Encoder(nn.Module):
-    """BiLSTM as two LSTMs; the backward one reads each sequence reversed within its own length, so results
-    do not depend on padding (no packed sequences, which ONNX export handles poorly)."""
+    """A BiLSTM of `encoder_layers` layers, each as two LSTMs; the backward one reads each sequence reversed
+    within its own length, so results do not depend on padding (no packed sequences, which ONNX export handles
+    poorly). Layers above the first read both directions of the layer below, with dropout between layers."""
 
     def __init__(self, n_phonemes: int, config: SpellerConfig):
         super().__init__()
+        hidden = config.hidden
         self.embed = nn.Embedding(n_phonemes, config.embedding, padding_idx=0)
-        self.forward_lstm = nn.LSTM(config.embedding, config.hidden, batch_first=True)
-        self.backward_lstm = nn.LSTM(config.embedding, config.hidden, batch_first=True)
-        self.bridge_h = nn.Linear(2 * config.hidden, config.hidden)
-        self.bridge_c = nn.Linear(2 * config.hidden, config.hidden)
+        self.forward_lstm = nn.LSTM(config.embedding, hidden, batch_first=True)
+        self.backward_lstm = nn.LSTM(config.embedding, hidden, batch_first=True)
+        self.upper = nn.ModuleList(  # layers 2 and up, each a (forward, backward) pair
+            nn.ModuleList(nn.LSTM(2 * hidden, hidden, batch_first=True) for _ in range(2))
+            for _ in range(config.encoder_layers - 1)
+        )
+        self.bridge_h = nn.Linear(2 * hidden, hidden)
+        self.bridge_c = nn.Linear(2 * hidden, hidden)
         self.dropout = nn.Dropout(config.dropout)
+
+    @staticmethod
+    def bidirectional(forward_lstm, backward_lstm, x, lengths):
+        forward_out, _ = forward_lstm(x)
+        backward_out, _ = backward_lstm(reverse_within_length(x, lengths))
+        return forward_out, reverse_within_length(backward_out, lengths)
 
     def forward(self, phonemes: torch.Tensor):
         """phonemes [B, T] (0 = padding) -> memory [B, T, 2H], mask [B, T] float, h0 and c0 [B, H]."""
         mask = phonemes != 0
         lengths = mask.sum(1)
         x = self.dropout(self.embed(phonemes))
-        forward_out, _ = self.forward_lstm(x)
-        backward_out, _ = self.backward_lstm(reverse_within_length(x, lengths))
-        backward_out = reverse_within_length(backward_out, lengths)
+        forward_out, backward_out = self.bidirectional(self.forward_lstm, self.backward_lstm, x, lengths)
+        for forward_lstm, backward_lstm in self.upper:
+            x = self.dropout(torch.cat([forward_out, backward_out], dim=2))
+            forward_out, backward_out = self.bidirectional(forward_lstm, backward_lstm, x, lengths)
         last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, forward_out.shape[2])
         final = torch.cat([forward_out.gather(1, last).squeeze(1), backward_out[:, 0]], dim=1)
         memory = torch.cat([forward_out, backward_out], dim=2) * mask.unsqueeze(2)

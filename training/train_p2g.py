@@ -39,6 +39,7 @@ class Config:
     name: str = ""  # the run's name (runs/p2g/NAME, exports/p2g-NAME.*); empty: the model's
     hidden: int = 128
     embedding: int = 128
+    encoder_layers: int = 1  # attention and vanilla: layers of the BiLSTM encoder
     dropout: float = 0.3
     lr: float = 0.003
     batch_size: int = 64
@@ -69,7 +70,9 @@ def build(config: Config, vocab: Vocab) -> Speller | TransformerSpeller:
             max_output_length=config.max_output_length,
         ))  # fmt: skip
     attention = config.model == "attention"
-    return Speller(phonemes, graphemes, SpellerConfig(attention, config.embedding, config.hidden, config.dropout))
+    return Speller(phonemes, graphemes, SpellerConfig(
+        attention, config.embedding, config.hidden, config.dropout, config.encoder_layers
+    ))  # fmt: skip
 
 
 def torch_step(model: Speller | TransformerSpeller) -> decoding.Step:
