@@ -98,9 +98,9 @@ train-attention-large: $(VENV)/.full ## our speller: the attention LSTM at hidde
 		--batch-size 128 --epochs 40 --label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
 	$(PY) -m training.p2g_report
 
-train-attention-deep: $(VENV)/.full ## our speller: `attention-large` with a BiLSTM encoder of 2 layers (resumable)
+train-attention-deep: $(VENV)/.full ## our speller: `attention-large` with a BiLSTM encoder of 2 layers, 30 epochs (resumable)
 	$(PY) -m training.train_p2g --model attention --name attention-deep --hidden 256 --embedding 256 --encoder-layers 2 \
-		--batch-size 128 --epochs 40 --label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
+		--batch-size 128 --epochs 30 --label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
 	$(PY) -m training.p2g_report
 
 compare-p2g: $(VENV)/.full ## every exported speller and the peer on the test split -> results/p2g/comparison.md
