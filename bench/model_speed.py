@@ -19,7 +19,7 @@ from bench import eager
 from bench.stats import alternate
 from exports import decoding
 from exports import metadata as export_metadata
-from exports.runtime import SpellerGraphs, load_session
+from exports.runtime import SpellerGraphs, load_session, speller_prefixes
 
 CNN_BATCHES = (1, 8, 64)
 SPELL_BATCH = 64
@@ -61,8 +61,11 @@ def pad(words: list[list[int]]) -> np.ndarray:
 
 
 def spellers(exports: Path, pronunciations: list[tuple[str, ...]], threads: int, repeats: int, seconds: float):
-    prefixes = [e.with_name(e.name.removesuffix(".encoder.onnx")) for e in sorted(exports.glob("p2g-*.encoder.onnx"))]
-    return [row for prefix in prefixes for row in speller(prefix, pronunciations, threads, repeats, seconds)]
+    return [
+        row
+        for prefix in speller_prefixes(exports).values()
+        for row in speller(prefix, pronunciations, threads, repeats, seconds)
+    ]
 
 
 def speller(prefix: Path, pronunciations: list[tuple[str, ...]], threads: int, repeats: int, seconds: float):

@@ -37,6 +37,15 @@ def load_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     return ort.InferenceSession(str(path), options, providers=providers())
 
 
+def speller_prefixes(directory: Path) -> dict[str, Path]:
+    """Every speller export in a directory, by name: `p2g-<name>.encoder.onnx` -> {name: directory/p2g-<name>}."""
+    prefixes = (
+        path.with_name(path.name.removesuffix(".encoder.onnx"))
+        for path in sorted(Path(directory).glob("p2g-*.encoder.onnx"))
+    )
+    return {prefix.name.removeprefix("p2g-"): prefix for prefix in prefixes}
+
+
 class SpellerGraphs:
     """The encoder and decoder-step graphs of one speller export, `<prefix>.encoder.onnx` and `<prefix>.decoder.onnx`.
 

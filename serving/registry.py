@@ -11,6 +11,7 @@ from pathlib import Path
 
 from exports import EXPORTS_DIR
 from exports.metadata import MetadataError
+from exports.runtime import speller_prefixes
 from serving.classifier import SceneClassifier
 from serving.speller import Speller
 
@@ -66,8 +67,7 @@ def load_models(directory: Path | None = None, threads: int | None = None) -> Mo
     default = _load(SceneClassifier, directory / "cnn.onnx", threads, None)
     classifiers.setdefault(default.name, default)
     spellers = {}
-    for path in sorted(directory.glob("p2g-*.encoder.onnx")):
-        name = path.name.removeprefix("p2g-").removesuffix(".encoder.onnx")
-        spellers[name] = _load(Speller, directory / f"p2g-{name}", threads, name)
+    for name, prefix in speller_prefixes(directory).items():
+        spellers[name] = _load(Speller, prefix, threads, name)
     best_speller = min(spellers.values(), key=lambda s: s.metadata["metrics"]["valid"]["cer"])
     return Models(classifiers, spellers, default.name, best_speller.name)

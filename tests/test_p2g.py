@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from exports import EXPORTS_DIR, decoding
-from exports.runtime import SpellerGraphs
+from exports.runtime import SpellerGraphs, speller_prefixes
 from training.p2g_data import Vocab, cmudict_splits, spellings_by_key, split_of, tsv_splits
 from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig
@@ -249,8 +249,7 @@ def test_export_has_dynamic_batch_and_lengths(tmp_path, vocab, layers):
         assert np.abs(onnx_log_probs - torch.log_softmax(logits, 1).numpy()).max() < 1e-4
 
 
-COMMITTED_SPELLERS = sorted(p.name.removeprefix("p2g-").removesuffix(".encoder.onnx")
-                            for p in EXPORTS_DIR.glob("p2g-*.encoder.onnx"))  # fmt: skip
+COMMITTED_SPELLERS = list(speller_prefixes(EXPORTS_DIR))
 
 
 def test_reference_spellers_are_committed():

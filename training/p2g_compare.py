@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from exports import EXPORTS_DIR, decoding
-from exports.runtime import SpellerGraphs
+from exports.runtime import SpellerGraphs, speller_prefixes
 from training.p2g_data import load_splits, pad, spellings_by_key
 from training.p2g_metrics import error_rates, wer_at_k
 
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     splits = load_splits("cmudict")
     spellings = spellings_by_key(splits)
     rows = []
-    for encoder in sorted(Path(args.exports).glob("p2g-*.encoder.onnx")):
-        prefix = encoder.with_name(encoder.name.removesuffix(".encoder.onnx"))
+    for prefix in speller_prefixes(Path(args.exports)).values():
         rows += measure(SpellerGraphs(prefix, threads=1), splits["test"], spellings, args.batch)
     rows += peer_rows(Path(args.results))
     text = (
