@@ -252,3 +252,32 @@ def test_residual_network_fits_the_parameter_budget():
     model = SceneClassifier("resnet", [0.5] * 3, [0.25] * 3)
     assert count_parameters(model) <= 3_000_000
     assert model(torch.zeros(2, 48, 48, 3, dtype=torch.uint8)).shape == (2, 6)
+
+
+def test_a_short_run_trains_in_channels_last_and_its_checkpoints_load_as_usual(tmp_path):
+    """train() end to end on a small synthetic data set: a checkpoint of the channels_last model loads into
+    the plain model (load_classifier) with the same logits, and --resume continues after the last epoch."""
+    from training.scenes import SceneData
+    from training.train_cnn import Config, load_classifier, train
+
+    rng = np.random.default_rng(0)
+    labels = {split: np.arange(n) % 6 for split, n in (("train", 48), ("val", 24), ("test", 24))}
+    images = {split: rng.integers(0, 256, (len(y), 48, 48, 3), dtype=np.uint8) for split, y in labels.items()}
+    for split, y in labels.items():  # a learnable signal: the class darkens one colour channel
+        images[split][np.arange(len(y)), :, :, y % 3] //= (1 + y // 3).astype(np.uint8)[:, None, None]
+    data = SceneData(images, labels, CLASS_NAMES, source="synthetic")
+    config = Config(network="bn-gap", lr=0.05, epochs=1, batch_size=16, augment="flip-crop", threads=1)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    metrics = train(config, data, runs, results, resume=False)
+    assert len(metrics["history"]) == 1 and (results / "metrics.json").exists()
+
+    model = load_classifier(runs / "best.pt")
+    batch = torch.from_numpy(images["val"])
+    assert next(model.parameters()).is_contiguous()  # the plain layout, as export and teachers use
+    with torch.no_grad():
+        assert torch.isfinite(model(batch)).all()
+        channels_last = model.to(memory_format=torch.channels_last)
+        assert torch.allclose(channels_last(batch), load_classifier(runs / "best.pt")(batch), atol=1e-4)
+
+    resumed = train(Config(**{**metrics["config"], "epochs": 2}), data, runs, results, resume=True)
+    assert [row["epoch"] for row in resumed["history"]] == [1, 2]
