@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-transformer train-attention-large train-attention-deep compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 ensemble-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -88,6 +88,11 @@ train-resnet-trivial-long: $(VENV)/.full ## ablation of length: `resnet-trivial`
 	$(RESNET) --augment flip-crop-trivial --epochs 100 --name resnet-trivial-long
 	$(PY) -m training.cnn_report
 
+train-resnet-long: $(VENV)/.full ## ablation of length: the `resnet` recipe over 60 epochs (about 100 min on 1 thread)
+	$(need_data)
+	$(RESNET) --augment flip-crop --epochs 60 --name resnet-long
+	$(PY) -m training.cnn_report
+
 train-transformer: $(VENV)/.full ## our speller: a transformer encoder-decoder, 15 epochs (resumable)
 	$(PY) -m training.train_p2g --model transformer --lr 0.001 --batch-size 256 --epochs 15 --dropout 0.1 \
 		--label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
@@ -98,9 +103,21 @@ train-attention-large: $(VENV)/.full ## our speller: the attention LSTM at hidde
 		--batch-size 128 --epochs 40 --label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
 	$(PY) -m training.p2g_report
 
+ATTENTION_DEEP := $(PY) -m training.train_p2g --model attention --hidden 256 --embedding 256 --encoder-layers 2 \
+	--batch-size 128 --epochs 30 --label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
+
 train-attention-deep: $(VENV)/.full ## our speller: `attention-large` with a BiLSTM encoder of 2 layers, 30 epochs (resumable)
-	$(PY) -m training.train_p2g --model attention --name attention-deep --hidden 256 --embedding 256 --encoder-layers 2 \
-		--batch-size 128 --epochs 30 --label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
+	$(ATTENTION_DEEP) --name attention-deep
+	$(PY) -m training.p2g_report
+
+train-attention-deep-seed1: $(VENV)/.full ## `attention-deep` again from another seed: a member for the ensemble (about 2 h on 1 thread)
+	$(ATTENTION_DEEP) --name attention-deep-seed1 --seed 1
+	$(PY) -m training.p2g_report
+
+SPELLER_CANDIDATES := attention-deep attention-large attention-deep-seed1 transformer
+
+ensemble-p2g: $(VENV)/.full ## our best speller: the subset of exported spellers best on validation, as one export
+	$(PY) -m training.ensemble_p2g --name attention-ensemble --candidates $(SPELLER_CANDIDATES)
 	$(PY) -m training.p2g_report
 
 compare-p2g: $(VENV)/.full ## every exported speller and the peer on the test split -> results/p2g/comparison.md

@@ -337,3 +337,58 @@ def test_beam_n_best_are_distinct_and_ranked():
         assert len(word) == 4 and len({tuple(s) for s in word}) == 4
         normalized = [decoding.length_normalized(s, len(b) + 1, 0.6) for s, b in zip(word_scores, word)]
         assert normalized == sorted(normalized, reverse=True)
+
+
+def test_an_ensemble_export_is_the_mean_probability_of_its_members(tmp_path, splits):
+    """The ensemble graphs of two committed spellers against the same ensemble computed in numpy from the members'
+    own graphs: equal log-probabilities at several batch sizes and lengths, and the same greedy spellings."""
+    from training.ensemble_p2g import build
+
+    members = [SpellerGraphs(EXPORTS_DIR / f"p2g-{name}") for name in ("attention", "vanilla")]
+    ensemble = build("pair", [EXPORTS_DIR / "p2g-attention", EXPORTS_DIR / "p2g-vanilla"], tmp_path / "p2g-pair", "")
+    meta = ensemble.metadata
+    assert meta["params"] == sum(m.metadata["params"] for m in members)
+    assert meta["config"]["members"] == ["attention", "vanilla"]
+
+    def initial_state(ids):
+        return {f"m{i}_{k}": v for i, m in enumerate(members) for k, v in m.initial_state(ids).items()}
+
+    def step(tokens, state):
+        outputs = [m.step(tokens, {k[3:]: v for k, v in state.items() if k.startswith(f"m{i}_")})
+                   for i, m in enumerate(members)]  # fmt: skip
+        log_probs = np.logaddexp(outputs[0][0], outputs[1][0]) - np.log(2)
+        return log_probs, {f"m{i}_{k}": v for i, (_, s) in enumerate(outputs) for k, v in s.items()}
+
+    rng = np.random.default_rng(0)
+    for batch, length in ((1, 1), (3, 7), (2, 12)):
+        ids = rng.integers(1, len(meta["phonemes"]), (batch, length))
+        ids[0, length // 2 + 1 :] = 0
+        tokens = np.full(batch, meta["special_tokens"]["bos"], dtype=np.int64)
+        graph_log_probs, graph_state = ensemble.step(tokens, ensemble.initial_state(ids))
+        numpy_log_probs, numpy_state = step(tokens, initial_state(ids))
+        assert np.abs(graph_log_probs - numpy_log_probs).max() < 1e-5
+        assert np.allclose(np.exp(graph_log_probs).sum(1), 1, atol=1e-5)
+        assert all(np.abs(graph_state[k] - numpy_state[k]).max() < 1e-5 for k in numpy_state)
+    index = {s: i for i, s in enumerate(meta["phonemes"])}
+    pairs = splits["valid"][:200]
+    ids = np.zeros((len(pairs), max(len(p.phonemes) for p in pairs)), dtype=np.int64)
+    for row, pair in enumerate(pairs):
+        ids[row, : len(pair.phonemes)] = [index[s] for s in pair.phonemes]
+    bos, eos, cap = meta["special_tokens"]["bos"], meta["special_tokens"]["eos"], meta["max_output_length"]
+    from_graphs, _ = decoding.greedy(ensemble.step, ensemble.initial_state(ids), bos, eos, cap)
+    from_numpy, _ = decoding.greedy(step, initial_state(ids), bos, eos, cap)
+    assert from_graphs == from_numpy
+
+
+def test_an_ensemble_refuses_members_of_other_vocabularies(tmp_path):
+    import onnx
+
+    from training.ensemble_p2g import build
+
+    for part in ("encoder", "decoder"):
+        model = onnx.load(str(EXPORTS_DIR / f"p2g-vanilla.{part}.onnx"))
+        entry = next(e for e in model.metadata_props if e.key == "graphemes")
+        entry.value = entry.value.replace('"z"', '"Z"')
+        onnx.save(model, str(tmp_path / f"p2g-other.{part}.onnx"))
+    with pytest.raises(ValueError, match="graphemes"):
+        build("pair", [EXPORTS_DIR / "p2g-attention", tmp_path / "p2g-other"], tmp_path / "p2g-pair", "")

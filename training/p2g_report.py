@@ -17,9 +17,12 @@ def table(metrics: list[dict]) -> str:
     ]
     for m in metrics:
         t = m["test"]
+        # an ensemble (training.ensemble_p2g) trains nothing of its own: its members' epochs and times are theirs
+        epoch = f"{m['best_epoch']}/{m['config']['epochs']}" if "members" not in m else "-"
+        time = f"{m['train_seconds'] / 60:.0f} min" if "members" not in m else "ensemble of " + " + ".join(m["members"])
         rows.append(
             f"| {m['name']} | {m['params']:,} | greedy | {t['cer']:.4f} | {t['wer']:.4f} | {t['homophone_wer']:.4f} "
-            f"| - | - | {m['best_epoch']}/{m['config']['epochs']} | {m['train_seconds'] / 60:.0f} min |"
+            f"| - | - | {epoch} | {time} |"
         )
         rows.append(
             f"| {m['name']} | | nucleus (top_p 0.8) | | {t['wer@1']:.4f} | | {t['wer@3']:.4f} | {t['wer@5']:.4f} | | |"
