@@ -392,3 +392,13 @@ def test_an_ensemble_refuses_members_of_other_vocabularies(tmp_path):
         onnx.save(model, str(tmp_path / f"p2g-other.{part}.onnx"))
     with pytest.raises(ValueError, match="graphemes"):
         build("pair", [EXPORTS_DIR / "p2g-attention", tmp_path / "p2g-other"], tmp_path / "p2g-pair", "")
+
+
+def test_results_table_shows_an_ensemble_by_its_members():
+    from training.p2g_report import table
+
+    test = {"cer": 0.1, "wer": 0.4, "homophone_wer": 0.3, "wer@1": 0.5, "wer@3": 0.35, "wer@5": 0.3}
+    trained = {"name": "a", "params": 10, "test": test, "best_epoch": 3, "config": {"epochs": 5}, "train_seconds": 600}
+    ensemble = {"name": "ab", "params": 20, "test": test, "members": ["a", "b"]}
+    rows = table([trained, ensemble]).splitlines()
+    assert rows[2].endswith("| 3/5 | 10 min |") and rows[4].endswith("| - | ensemble of a + b |"), rows
