@@ -60,10 +60,16 @@ def pad(words: list[list[int]]) -> np.ndarray:
     return ids
 
 
+def is_ensemble(prefix: Path) -> bool:
+    """An ensemble export (training.ensemble_p2g) has no PyTorch model of its own to compare with."""
+    return "members" in SpellerGraphs(prefix, threads=1).metadata
+
+
 def spellers(exports: Path, pronunciations: list[tuple[str, ...]], threads: int, repeats: int, seconds: float):
     return [
         row
         for prefix in speller_prefixes(exports).values()
+        if not is_ensemble(prefix)
         for row in speller(prefix, pronunciations, threads, repeats, seconds)
     ]
 
