@@ -114,7 +114,7 @@ train-attention-deep-seed1: $(VENV)/.full ## `attention-deep` again from another
 	$(ATTENTION_DEEP) --name attention-deep-seed1 --seed 1
 	$(PY) -m training.p2g_report
 
-SPELLER_CANDIDATES := attention-deep attention-large attention-deep-seed1 transformer
+SPELLER_CANDIDATES := attention-deep attention-large attention-deep-seed1
 
 ensemble-p2g: $(VENV)/.full ## our best speller: the subset of exported spellers best on validation, as one export
 	$(PY) -m training.ensemble_p2g --name attention-ensemble --candidates $(SPELLER_CANDIDATES)
