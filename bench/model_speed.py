@@ -60,16 +60,15 @@ def pad(words: list[list[int]]) -> np.ndarray:
     return ids
 
 
-def is_ensemble(prefix: Path) -> bool:
+def is_ensemble(metadata: dict) -> bool:
     """An ensemble export (training.ensemble_p2g) has no PyTorch model of its own to compare with."""
-    return "members" in SpellerGraphs(prefix, threads=1).metadata
+    return "members" in metadata
 
 
 def spellers(exports: Path, pronunciations: list[tuple[str, ...]], threads: int, repeats: int, seconds: float):
     return [
         row
         for prefix in speller_prefixes(exports).values()
-        if not is_ensemble(prefix)
         for row in speller(prefix, pronunciations, threads, repeats, seconds)
     ]
 
@@ -77,6 +76,8 @@ def spellers(exports: Path, pronunciations: list[tuple[str, ...]], threads: int,
 def speller(prefix: Path, pronunciations: list[tuple[str, ...]], threads: int, repeats: int, seconds: float):
     graphs = SpellerGraphs(prefix, threads)
     meta = graphs.metadata
+    if is_ensemble(meta):
+        return []
     index = {symbol: i for i, symbol in enumerate(meta["phonemes"])}
     words = [[index[s] for s in p] for p in pronunciations if all(s in index for s in p)][:SPELL_BATCH]
     singles, batch = [pad([w]) for w in words[:SINGLE_WORDS]], pad(words)

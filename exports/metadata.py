@@ -46,11 +46,20 @@ def embed(model, metadata: dict) -> None:
         entry.key, entry.value = key, json.dumps(value)
 
 
-def from_session(session, source: str) -> dict:
-    """Metadata of an onnxruntime.InferenceSession, decoded and checked."""
-    raw = session.get_modelmeta().custom_metadata_map
+def decode(raw: dict[str, str], source: str) -> dict:
+    """Metadata from its raw key -> JSON string form, decoded and checked."""
     try:
         metadata = {key: json.loads(value) for key, value in raw.items()}
     except json.JSONDecodeError as error:
         raise MetadataError(f"{source}: metadata is not JSON ({error})") from error
     return check(metadata, source)
+
+
+def from_session(session, source: str) -> dict:
+    """Metadata of an onnxruntime.InferenceSession, decoded and checked."""
+    return decode(session.get_modelmeta().custom_metadata_map, source)
+
+
+def from_model(model, source: str) -> dict:
+    """Metadata of an onnx.ModelProto (what `embed` wrote), decoded and checked."""
+    return decode({entry.key: entry.value for entry in model.metadata_props}, source)

@@ -48,10 +48,6 @@ def member_prefix(i: int) -> str:
     return f"m{i}_"
 
 
-def read_metadata(model: onnx.ModelProto) -> dict:
-    return {entry.key: json.loads(entry.value) for entry in model.metadata_props}
-
-
 def side_by_side(members: list[onnx.ModelProto], shared_inputs: list[str], outputs: list[onnx.ValueInfoProto],
                  extra_nodes: list[onnx.NodeProto]) -> onnx.ModelProto:  # fmt: skip
     """One graph holding every member (already under its prefix); the shared inputs are fed to all of them."""
@@ -107,7 +103,7 @@ def combine(prefixes: list[Path]) -> tuple[onnx.ModelProto, onnx.ModelProto, lis
     """The ensemble's encoder and decoder-step graphs (no metadata yet) from the members' export prefixes,
     and each member's metadata."""
     encoders, decoders = load_members(prefixes, "encoder"), load_members(prefixes, "decoder")
-    metadata = [read_metadata(m) for m in encoders]
+    metadata = [export_metadata.from_model(m, str(p)) for m, p in zip(encoders, prefixes)]
     for key in SHARED_KEYS:
         if len({json.dumps(m.get(key), sort_keys=True) for m in metadata}) != 1:
             raise ValueError(f"members disagree on {key!r}: {', '.join(m['name'] for m in metadata)}")
