@@ -21,6 +21,13 @@ def batch_size(state: State) -> int:
     return len(next(iter(state.values())))
 
 
+def length_batches(lengths, size: int) -> list[np.ndarray]:
+    """Indices of words in batches of at most `size`, shortest words first, so that a batch pads little and
+    its words end at about the same step (batched throughput; callers put the results back in order)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
 def repeat_rows(state: State, n: int) -> State:
     """Each word's state n times in a row: rows 0..n-1 are word 0, and so on."""
     return {name: np.repeat(value, n, axis=0) for name, value in state.items()}

@@ -402,3 +402,28 @@ def test_results_table_shows_an_ensemble_by_its_members():
     ensemble = {"name": "ab", "params": 20, "test": test, "members": ["a", "b"]}
     rows = table([trained, ensemble]).splitlines()
     assert rows[2].endswith("| 3/5 | 10 min |") and rows[4].endswith("| - | ensemble of a + b |"), rows
+
+
+def test_length_batches_cover_every_word_once_shortest_first():
+    lengths = [5, 1, 3, 3, 9, 2, 7]
+    batches = decoding.length_batches(lengths, 3)
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert [lengths[i] for i in np.concatenate(batches)] == sorted(lengths)
+    assert decoding.length_batches([], 4) == []
+
+
+def test_comparison_decodes_in_length_batches_and_answers_in_order(splits):
+    """The comparison sorts words by length for speed; each answer still belongs to its own word."""
+    from training.p2g_compare import decode_split
+
+    graphs = SpellerGraphs(EXPORTS_DIR / "p2g-attention", threads=2)
+    pairs = splits["test"][:300]
+    sorted_found, _ = decode_split(graphs, pairs, "greedy", batch=64)
+    one_batch, _ = decode_split(graphs, pairs, "greedy", batch=len(pairs))
+    assert sorted_found == one_batch
+    singles = [decode_split(graphs, [pair], "greedy", batch=1)[0][0] for pair in pairs[:20]]
+    assert singles == sorted_found[:20]
+    beams, _ = decode_split(graphs, pairs[:40], "beam", batch=16, beam=6)
+    assert all(1 <= len(options) <= 5 and len(set(options)) == len(options) for options in beams)
+    assert sum(pair.word in options for pair, options in zip(pairs[:40], beams)) >= 20

@@ -1,12 +1,13 @@
 """Every exported speller and the Phonetisaurus peer, side by side on the CMUdict test split.
 
     python -m training.p2g_compare     # prints the table, writes results/p2g/comparison.{md,json}
+    python -m training.p2g_compare --beam-widths attention-ensemble   # -> results/p2g/beam_width.{md,json}
 
 Our spellers run through ONNX Runtime exactly as the service runs them (exports/ and the shared decoding):
-greedy, beam search (beam 5, its 5-best list) and nucleus sampling (5 samples, top_p 0.8). Words/s is the
-whole test split decoded in batches on one ONNX Runtime thread, encoder included, counted in CPU seconds of
-this process like the peer's (`make peer-p2g`, results/p2g/phonetisaurus/), so that other jobs on the
-machine do not skew the comparison.
+greedy, beam search (beam 20, its 5-best list) and nucleus sampling (5 samples, top_p 0.8). Words/s is the
+whole test split decoded in batches of words of similar length on one ONNX Runtime thread, encoder
+included, counted in CPU seconds of this process like the peer's (`make peer-p2g`,
+results/p2g/phonetisaurus/), so that other jobs on the machine do not skew the comparison.
 """
 
 from __future__ import annotations
@@ -21,37 +22,43 @@ from exports.runtime import SpellerGraphs, speller_prefixes
 from training.p2g_data import load_splits, pad, spellings_by_key
 from training.p2g_metrics import error_rates, wer_at_k
 
-BEAM, SAMPLES, TOP_P = 5, 5, 0.8
+# The n-best lists come from a beam of BEAM hypotheses, a width chosen on the validation split
+# (`make beam-p2g`, results/p2g/beam_width.md): wider beams find more of the right spellings.
+BEAM, N_BEST, SAMPLES, TOP_P = 20, 5, 5, 0.8
+BEAM_WIDTHS = (5, 10, 20)
 
 
-def decode_split(graphs: SpellerGraphs, pairs, method: str, batch: int) -> tuple[list[list[str]], float]:
-    """Spellings of every pair (a list per pair: 1 for greedy, BEAM or SAMPLES otherwise) and the seconds taken."""
+def decode_split(
+    graphs: SpellerGraphs, pairs, method: str, batch: int, beam: int = BEAM
+) -> tuple[list[list[str]], float]:
+    """Spellings of every pair (a list per pair: 1 for greedy, N_BEST or SAMPLES otherwise) and the seconds
+    taken. Words are decoded in batches of similar length, as a batch service would."""
     meta = graphs.metadata
     index = {s: i for i, s in enumerate(meta["phonemes"])}
     bos, eos, cap = meta["special_tokens"]["bos"], meta["special_tokens"]["eos"], meta["max_output_length"]
     word = lambda tokens: "".join(meta["graphemes"][t] for t in tokens)  # noqa: E731
-    results, seconds = [], 0.0
-    for start in range(0, len(pairs), batch):
-        chunk = pairs[start : start + batch]
-        ids = pad([[index[s] for s in pair.phonemes] for pair in chunk]).numpy()
+    results, seconds = [None] * len(pairs), 0.0
+    for rows in decoding.length_batches([len(pair.phonemes) for pair in pairs], batch):
+        ids = pad([[index[s] for s in pairs[row].phonemes] for row in rows]).numpy()
         began = time.process_time()
         state = graphs.initial_state(ids)
         if method == "greedy":
             sequences, _ = decoding.greedy(graphs.step, state, bos, eos, cap)
             found = [[s] for s in sequences]
         elif method == "beam":
-            found, _ = decoding.beam_search(graphs.step, state, bos, eos, cap, BEAM, BEAM)
+            found, _ = decoding.beam_search(graphs.step, state, bos, eos, cap, beam, N_BEST)
         else:
-            found, _ = decoding.nucleus(graphs.step, state, bos, eos, cap, SAMPLES, TOP_P, seed=start)
+            found, _ = decoding.nucleus(graphs.step, state, bos, eos, cap, SAMPLES, TOP_P, seed=int(rows[0]))
         seconds += time.process_time() - began
-        results += [[word(s) for s in options] for options in found]
+        for row, options in zip(rows, found):
+            results[row] = [word(s) for s in options]
     return results, seconds
 
 
 def measure(graphs: SpellerGraphs, pairs, spellings, batch: int) -> list[dict]:
     words, keys = [p.word for p in pairs], [p.key for p in pairs]
     rows = []
-    for method, label in (("greedy", "greedy"), ("beam", f"beam {BEAM}, {BEAM}-best"),
+    for method, label in (("greedy", "greedy"), ("beam", f"beam {BEAM}, {N_BEST}-best"),
                           ("nucleus", f"nucleus top_p {TOP_P}, {SAMPLES} samples")):  # fmt: skip
         found, seconds = decode_split(graphs, pairs, method, batch)
         row = {"system": graphs.metadata["name"], "params": graphs.metadata["params"], "decoding": label}
@@ -62,6 +69,25 @@ def measure(graphs: SpellerGraphs, pairs, spellings, batch: int) -> list[dict]:
         rows.append(row | {"words_per_second": len(pairs) / seconds})
         print(f"{row['system']} {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
     return rows
+
+
+def beam_widths(graphs: SpellerGraphs, pairs, batch: int) -> list[dict]:
+    """WER@k of the n-best list and words/s for each beam width in BEAM_WIDTHS."""
+    words, rows = [p.word for p in pairs], []
+    for beam in BEAM_WIDTHS:
+        found, seconds = decode_split(graphs, pairs, "beam", batch, beam)
+        rows.append({"system": graphs.metadata["name"], "beam": beam, "wer@1": wer_at_k(words, found, 1),
+                     "wer@3": wer_at_k(words, found, 3), "wer@5": wer_at_k(words, found, 5),
+                     "words_per_second": len(pairs) / seconds})  # fmt: skip
+        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()))
+    return rows
+
+
+def beam_table(rows: list[dict]) -> str:
+    lines = [f"| system | beam | WER@1 | WER@3 | WER@{N_BEST} | words/s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['system']} | {r['beam']} | {r['wer@1']:.4f} | {r['wer@3']:.4f} | {r['wer@5']:.4f} "
+              f"| {r['words_per_second']:,.0f} |" for r in rows]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def peer_rows(results: Path) -> list[dict]:
@@ -100,11 +126,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exports", default=str(EXPORTS_DIR))
     parser.add_argument("--results", default="results/p2g")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument(
+        "--beam-widths", nargs="+", metavar="SPELLER",
+        help=f"instead: these spellers' n-best WER@k for beams {BEAM_WIDTHS} on the validation split -> beam_width.md",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     splits = load_splits("cmudict")
     spellings = spellings_by_key(splits)
+    prefixes = speller_prefixes(Path(args.exports))
+    if args.beam_widths:
+        missing = sorted(set(args.beam_widths) - set(prefixes))
+        if missing:
+            raise SystemExit(f"error: no speller export named {', '.join(missing)} in {args.exports}")
+        graphs = [SpellerGraphs(prefixes[name], threads=1) for name in args.beam_widths]
+        rows = [row for speller in graphs for row in beam_widths(speller, splits["valid"], args.batch)]
+        text = (
+            f"Validation split of CMUdict ({len(splits['valid']):,} pairs): {N_BEST}-best lists of beam search by "
+            f"beam width; words/s on one core (CPU time), batches of {args.batch}:\n\n" + beam_table(rows)
+        )
+        Path(args.results, "beam_width.md").write_text(text)
+        Path(args.results, "beam_width.json").write_text(json.dumps(rows, indent=2) + "\n")
+        print(text)
+        return
     rows = []
-    for prefix in speller_prefixes(Path(args.exports)).values():
+    for prefix in prefixes.values():
         rows += measure(SpellerGraphs(prefix, threads=1), splits["test"], spellings, args.batch)
     rows += peer_rows(Path(args.results))
     text = (
