@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-deep-seed2 ensemble-p2g beam-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 ensemble-p2g beam-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -98,6 +98,11 @@ train-resnet-mixup: $(VENV)/.full ## ablation of mixup: `resnet-long` with mixup
 	$(RESNET) --augment flip-crop --epochs 60 --mixup 0.2 --name resnet-mixup
 	$(PY) -m training.cnn_report
 
+train-resnet-narrow: $(VENV)/.full ## ablation of width: the `resnet` recipe at widths 48/96/192, 1,553,502 parameters (about 1 h on 1 thread)
+	$(need_data)
+	$(RESNET) --network resnet-narrow --augment flip-crop --name resnet-narrow
+	$(PY) -m training.cnn_report
+
 train-transformer: $(VENV)/.full ## our speller: a transformer encoder-decoder, 15 epochs (resumable)
 	$(PY) -m training.train_p2g --model transformer --lr 0.001 --batch-size 256 --epochs 15 --dropout 0.1 \
 		--label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
@@ -117,10 +122,6 @@ train-attention-deep: $(VENV)/.full ## our speller: `attention-large` with a BiL
 
 train-attention-deep-seed1: $(VENV)/.full ## `attention-deep` again from another seed: a member for the ensemble (about 2 h on 1 thread)
 	$(ATTENTION_DEEP) --name attention-deep-seed1 --seed 1
-	$(PY) -m training.p2g_report
-
-train-attention-deep-seed2: $(VENV)/.full ## `attention-deep` from a third seed: a fourth candidate for the ensemble (about 2 h on 1 thread)
-	$(ATTENTION_DEEP) --name attention-deep-seed2 --seed 2
 	$(PY) -m training.p2g_report
 
 SPELLER_CANDIDATES := attention-deep attention-large attention-deep-seed1

@@ -24,6 +24,12 @@ def test_reference_parameter_counts(network, expected):
     assert count_parameters(SceneClassifier(network, [0.5] * 3, [0.25] * 3)) == expected
 
 
+@pytest.mark.parametrize(("network", "expected"), [("resnet", 2_759_462), ("resnet-narrow", 1_553_502)])
+def test_our_networks_stay_under_the_parameter_budget(network, expected):
+    """Issue #10 allows at most 3,000,000 parameters."""
+    assert count_parameters(SceneClassifier(network, [0.5] * 3, [0.25] * 3)) == expected <= 3_000_000
+
+
 @pytest.mark.parametrize("network", ["vanilla", "bn-gap"])
 def test_one_training_step_lowers_the_loss(network):
     torch.manual_seed(0)
