@@ -60,9 +60,10 @@ def pad(words: list[list[int]]) -> np.ndarray:
     return ids
 
 
-def is_ensemble(metadata: dict) -> bool:
-    """An ensemble export (training.ensemble_p2g) has no PyTorch model of its own to compare with."""
-    return "members" in metadata
+def made_from_exports(metadata: dict) -> bool:
+    """An export made from other exports, an ensemble (training.ensemble_p2g) or an int8 copy
+    (training.quantize_p2g), has no PyTorch model of its own to compare with."""
+    return "members" in metadata or "quantized_from" in metadata
 
 
 def spellers(exports: Path, pronunciations: list[tuple[str, ...]], threads: int, repeats: int, seconds: float):
@@ -76,7 +77,7 @@ def spellers(exports: Path, pronunciations: list[tuple[str, ...]], threads: int,
 def speller(prefix: Path, pronunciations: list[tuple[str, ...]], threads: int, repeats: int, seconds: float):
     graphs = SpellerGraphs(prefix, threads)
     meta = graphs.metadata
-    if is_ensemble(meta):
+    if made_from_exports(meta):
         return []
     index = {symbol: i for i, symbol in enumerate(meta["phonemes"])}
     words = [[index[s] for s in p] for p in pronunciations if all(s in index for s in p)][:SPELL_BATCH]

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bench.model_speed import is_ensemble
+from bench.model_speed import made_from_exports
 from exports import EXPORTS_DIR
 from exports.runtime import SpellerGraphs, speller_prefixes
 from tests.server import ROOT
@@ -52,7 +52,7 @@ def test_every_served_model_is_measured(quick_run):
     _, _, results = quick_run
     classifiers = {path.name.removeprefix("cnn-").removesuffix(".onnx") for path in EXPORTS_DIR.glob("cnn-*.onnx")}
     spellers = {name for name, prefix in speller_prefixes(EXPORTS_DIR).items()
-                if not is_ensemble(SpellerGraphs(prefix, threads=1).metadata)}  # fmt: skip
+                if not made_from_exports(SpellerGraphs(prefix, threads=1).metadata)}  # fmt: skip
     assert {row["model"] for row in results["models"]["classifiers"]} == classifiers
     assert {row["model"] for row in results["models"]["spellers"]} == spellers
     differ = [row["model"] for row in results["models"]["classifiers"] + results["models"]["spellers"]

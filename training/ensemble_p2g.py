@@ -32,16 +32,14 @@ from onnx import helper
 from exports import EXPORTS_DIR
 from exports import metadata as export_metadata
 from exports.runtime import SpellerGraphs
-from training.p2g_compare import decode_split
+from training.p2g_compare import greedy_rates, score
 from training.p2g_data import load_splits, spellings_by_key
-from training.p2g_metrics import error_rates, wer_at_k
 
 # What every member must share: the ensemble reads one vocabulary, one input limit and one lexicon.
 SHARED_KEYS = (
     "phonemes", "graphemes", "special_tokens", "stress", "max_input_length", "max_output_length", "data_sha256",
     "data",
 )  # fmt: skip
-EVALUATION_BATCH = 512  # the chunks of training's own evaluation (train_p2g.spell), so nucleus seeds match
 
 
 def member_prefix(i: int) -> str:
@@ -145,22 +143,6 @@ def build(name: str, prefixes: list[Path], out: Path, command: str, splits=None,
     metrics = score(SpellerGraphs(out), splits, spellings)
     save(encoder, decoder, ensemble_metadata(name, members, metrics, command), out)
     return SpellerGraphs(out)
-
-
-def greedy_rates(graphs: SpellerGraphs, pairs, spellings) -> dict:
-    found, _ = decode_split(graphs, pairs, "greedy", EVALUATION_BATCH)
-    return error_rates([p.word for p in pairs], [f[0] for f in found], [p.key for p in pairs], spellings)
-
-
-def score(graphs: SpellerGraphs, splits, spellings) -> dict:
-    """The metrics a trained speller's metadata carries: greedy rates on valid and test; on test also WER@k over
-    5 nucleus samples (top_p 0.8), seeded as training seeds them."""
-    test = splits["test"]
-    samples, _ = decode_split(graphs, test, "nucleus", EVALUATION_BATCH)
-    words = [p.word for p in test]
-    at_k = {f"wer@{k}": wer_at_k(words, samples, k) for k in (1, 3, 5)}
-    return {"valid": greedy_rates(graphs, splits["valid"], spellings),
-            "test": greedy_rates(graphs, test, spellings) | at_k}  # fmt: skip
 
 
 def selection_table(rows: list[dict]) -> str:

@@ -17,6 +17,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from exports import EXPORTS_DIR, decoding
 from exports.runtime import SpellerGraphs, speller_prefixes
 from training.p2g_data import load_splits, pad, spellings_by_key
@@ -29,16 +31,22 @@ BEAM_WIDTHS = (5, 10, 20)
 
 
 def decode_split(
-    graphs: SpellerGraphs, pairs, method: str, batch: int, beam: int = BEAM
+    graphs: SpellerGraphs, pairs, method: str, batch: int, beam: int = BEAM, by_length: bool = True
 ) -> tuple[list[list[str]], float]:
     """Spellings of every pair (a list per pair: 1 for greedy, N_BEST or SAMPLES otherwise) and the seconds
-    taken. Words are decoded in batches of similar length, as a batch service would."""
+    taken. Words are decoded in batches of similar length, as a batch service would; with by_length False,
+    in consecutive chunks as training evaluates them (each chunk's nucleus seed is its first row's index)."""
     meta = graphs.metadata
     index = {s: i for i, s in enumerate(meta["phonemes"])}
     bos, eos, cap = meta["special_tokens"]["bos"], meta["special_tokens"]["eos"], meta["max_output_length"]
     word = lambda tokens: "".join(meta["graphemes"][t] for t in tokens)  # noqa: E731
     results, seconds = [None] * len(pairs), 0.0
-    for rows in decoding.length_batches([len(pair.phonemes) for pair in pairs], batch):
+    chunks = (
+        decoding.length_batches([len(pair.phonemes) for pair in pairs], batch)
+        if by_length
+        else [np.arange(start, min(start + batch, len(pairs))) for start in range(0, len(pairs), batch)]
+    )
+    for rows in chunks:
         ids = pad([[index[s] for s in pairs[row].phonemes] for row in rows]).numpy()
         began = time.process_time()
         state = graphs.initial_state(ids)
@@ -69,6 +77,26 @@ def measure(graphs: SpellerGraphs, pairs, spellings, batch: int) -> list[dict]:
         rows.append(row | {"words_per_second": len(pairs) / seconds})
         print(f"{row['system']} {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
     return rows
+
+
+EVALUATION_BATCH = 512  # the chunks of training's own evaluation (train_p2g.spell), so nucleus seeds match
+
+
+def greedy_rates(graphs: SpellerGraphs, pairs, spellings) -> dict:
+    found, _ = decode_split(graphs, pairs, "greedy", EVALUATION_BATCH, by_length=False)
+    return error_rates([p.word for p in pairs], [f[0] for f in found], [p.key for p in pairs], spellings)
+
+
+def score(graphs: SpellerGraphs, splits, spellings) -> dict:
+    """The metrics a trained speller's metadata carries: greedy rates on valid and test; on test also WER@k over
+    5 nucleus samples (top_p 0.8), seeded as training seeds them. For exports made from exports (ensembles,
+    int8 copies), which have no training run of their own."""
+    test = splits["test"]
+    samples, _ = decode_split(graphs, test, "nucleus", EVALUATION_BATCH, by_length=False)
+    words = [p.word for p in test]
+    at_k = {f"wer@{k}": wer_at_k(words, samples, k) for k in (1, 3, 5)}
+    return {"valid": greedy_rates(graphs, splits["valid"], spellings),
+            "test": greedy_rates(graphs, test, spellings) | at_k}  # fmt: skip
 
 
 def beam_widths(graphs: SpellerGraphs, pairs, batch: int) -> list[dict]:

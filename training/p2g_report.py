@@ -17,9 +17,14 @@ def table(metrics: list[dict]) -> str:
     ]
     for m in metrics:
         t = m["test"]
-        # an ensemble (training.ensemble_p2g) trains nothing of its own: its members' epochs and times are theirs
-        epoch = f"{m['best_epoch']}/{m['config']['epochs']}" if "members" not in m else "-"
-        time = f"{m['train_seconds'] / 60:.0f} min" if "members" not in m else "ensemble of " + " + ".join(m["members"])
+        # ensembles (training.ensemble_p2g) and int8 copies (training.quantize_p2g) train nothing of their own
+        epoch, time = "-", ""
+        if "members" in m:
+            time = "ensemble of " + " + ".join(m["members"])
+        elif "quantized_from" in m:
+            time = f"int8 copy of {m['quantized_from']}"
+        else:
+            epoch, time = f"{m['best_epoch']}/{m['config']['epochs']}", f"{m['train_seconds'] / 60:.0f} min"
         rows.append(
             f"| {m['name']} | {m['params']:,} | greedy | {t['cer']:.4f} | {t['wer']:.4f} | {t['homophone_wer']:.4f} "
             f"| - | - | {epoch} | {time} |"
