@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 ensemble-p2g quantize-p2g beam-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -135,6 +135,11 @@ compare-p2g: $(VENV)/.full ## every exported speller and the peer on the test sp
 
 quantize-p2g: $(VENV)/.full ## an int8 copy of the ensemble (ONNX Runtime dynamic quantization), about twice as fast on CPU
 	$(PY) -m training.quantize_p2g attention-ensemble
+	$(PY) -m training.p2g_report
+
+pair-p2g: $(VENV)/.full ## a fast speller: the ensemble of attention-deep + attention-large, served as its int8 copy only
+	$(PY) -m training.ensemble_p2g --name attention-pair --candidates attention-deep attention-large
+	$(PY) -m training.quantize_p2g attention-pair --replace
 	$(PY) -m training.p2g_report
 
 beam-p2g: $(VENV)/.full ## beam widths for the n-best lists, on the validation split -> results/p2g/beam_width.md

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exports", default=str(EXPORTS_DIR))
     parser.add_argument("--results", default="results/p2g")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=64, help="words per batch (64 was fastest here)")
     parser.add_argument(
         "--beam-widths", nargs="+", metavar="SPELLER",
         help=f"instead: these spellers' n-best WER@k for beams {BEAM_WIDTHS} on the validation split -> beam_width.md",

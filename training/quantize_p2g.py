@@ -1,6 +1,7 @@
 """An int8 copy of an exported speller, for speed on CPU: ONNX Runtime's dynamic quantization.
 
     python -m training.quantize_p2g attention-ensemble     # -> exports/p2g-attention-ensemble-int8.*.onnx
+    python -m training.quantize_p2g attention-pair --replace   # the copy takes the place of its source
 
 The weights of every MatMul and LSTM become int8 (per output channel), and activations are quantized on the
 fly at each call, so no calibration data is needed. The graphs keep the speller contract (exports/README.md),
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("speller", help="an exported speller: exports/p2g-SPELLER.*")
     parser.add_argument("--exports", default=str(EXPORTS_DIR))
     parser.add_argument("--results", default="results/p2g")
+    parser.add_argument("--replace", action="store_true", help="remove the source export once its copy is scored")
     args = parser.parse_args(argv)
     source = Path(args.exports) / f"p2g-{args.speller}"
     if not source.with_name(source.name + ".encoder.onnx").exists():
@@ -82,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         onnx.save(model, str(path))
     test = splits["test"]
     same = same_spellings(SpellerGraphs(source), SpellerGraphs(out), test)
+    if args.replace:
+        for part in ("encoder", "decoder"):
+            source.with_name(f"{source.name}.{part}.onnx").unlink()
     summary = {"name": metadata["name"], "params": metadata["params"], "quantized_from": args.speller,
                "valid": metadata["metrics"]["valid"], "test": metadata["metrics"]["test"],
                "test_spellings_as_source": {"words": len(test), "identical_spellings": same},
