@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -101,6 +101,11 @@ train-resnet-mixup: $(VENV)/.full ## ablation of mixup: `resnet-long` with mixup
 train-resnet-narrow: $(VENV)/.full ## ablation of width: the `resnet` recipe at widths 48/96/192, 1,553,502 parameters (about 1 h on 1 thread)
 	$(need_data)
 	$(RESNET) --network resnet-narrow --augment flip-crop --name resnet-narrow
+	$(PY) -m training.cnn_report
+
+train-resnet-half: $(VENV)/.full ## ablation of width: the `resnet` recipe at widths 32/64/128 (about 30 min on 1 thread)
+	$(need_data)
+	$(RESNET) --network resnet-half --augment flip-crop --name resnet-half
 	$(PY) -m training.cnn_report
 
 train-transformer: $(VENV)/.full ## our speller: a transformer encoder-decoder, 15 epochs (resumable)

@@ -12,8 +12,8 @@ from tests.server import ROOT
 
 TARGETS = ["serve", "test", "train-cnn", "train-p2g", "train-resnet", "train-resnet-distilled", "train-resnet-ensemble",
            "train-resnet-trivial", "train-resnet-trivial-long", "train-resnet-long", "train-resnet-mixup",
-           "train-resnet-narrow", "train-transformer", "train-attention-large", "train-attention-deep",
-           "train-attention-deep-seed1",
+           "train-resnet-narrow", "train-resnet-half", "train-transformer", "train-attention-large",
+           "train-attention-deep", "train-attention-deep-seed1",
            "ensemble-p2g", "quantize-p2g", "pair-p2g", "beam-p2g", "peer-p2g", "compare-p2g",
            "export", "bench", "build", "containerize", "container-smoke", "lint", "clean"]  # fmt: skip
 

@@ -24,7 +24,10 @@ def test_reference_parameter_counts(network, expected):
     assert count_parameters(SceneClassifier(network, [0.5] * 3, [0.25] * 3)) == expected
 
 
-@pytest.mark.parametrize(("network", "expected"), [("resnet", 2_759_462), ("resnet-narrow", 1_553_502)])
+OUR_PARAMS = {"resnet": 2_759_462, "resnet-narrow": 1_553_502, "resnet-half": 691_606}
+
+
+@pytest.mark.parametrize(("network", "expected"), OUR_PARAMS.items())
 def test_our_networks_stay_under_the_parameter_budget(network, expected):
     """Issue #10 allows at most 3,000,000 parameters."""
     assert count_parameters(SceneClassifier(network, [0.5] * 3, [0.25] * 3)) == expected <= 3_000_000
@@ -114,7 +117,7 @@ def test_export_keeps_batch_dynamic_and_matches_pytorch(tmp_path):
         assert np.abs(logits - expected).max() < 1e-4
 
 
-CNN_EXPORTS = ["cnn.onnx"] + sorted(path.name for path in EXPORTS_DIR.glob("cnn-*.onnx"))
+CNN_EXPORTS = ["cnn.onnx", *sorted(path.name for path in EXPORTS_DIR.glob("cnn-*.onnx"))]
 
 
 @pytest.mark.parametrize("name", CNN_EXPORTS)
