@@ -18,14 +18,20 @@ import torch
 
 from exports.decoding import State, Step
 from training import train_p2g
-from training.cnn import FlipAveraged, SceneClassifier, count_parameters
+from training.cnn import FlipAveraged, LogitAveraged, SceneClassifier, count_parameters
 
 NETWORK_FLAG = re.compile(r"--network[= ](\S+)")
 
 
 def classifier(metadata: dict, seed: int = 0) -> torch.nn.Module:
     """The classifier network named by the export's `train_command` (else its `name`), with random weights;
-    averaging flips when the export's graph does (metrics `flip_averaging`), so that both do the same work."""
+    averaging flips when the export's graph does (metrics `flip_averaging`), so that both do the same work.
+    An ensemble export (`members`) is the logit average of its members' networks, built the same way."""
+    if "members" in metadata:
+        shared = {key: value for key, value in metadata.items() if key != "members"}
+        members = [classifier({**shared, **member, "metrics": {}}, seed + i) for i, member in
+                   enumerate(metadata["members"])]  # fmt: skip
+        return LogitAveraged(members).eval()
     found = NETWORK_FLAG.search(metadata.get("train_command", ""))
     network = found.group(1) if found else metadata["name"]
     pre = metadata["preprocessing"]

@@ -87,3 +87,18 @@ def test_eager_twin_averages_flips_when_the_export_does():
     assert same_size(classifier(flipped), metadata) and same_size(classifier(plain), metadata)
     images = torch.randint(0, 256, (2, 48, 48, 3), dtype=torch.uint8)
     assert classifier(flipped)(images).shape == classifier(plain)(images).shape == (2, len(metadata["class_names"]))
+
+
+def test_eager_twin_of_an_ensemble_export_is_the_logit_average_of_its_members():
+    from bench.eager import classifier, same_size
+    from exports.metadata import from_session
+    from exports.runtime import load_session
+    from training.cnn import LogitAveraged
+
+    members = [from_session(load_session(EXPORTS_DIR / f"cnn-{name}.onnx"), name) for name in ("bn-gap", "vanilla")]
+    metadata = {**members[0], "name": "ensemble", "params": sum(m["params"] for m in members),
+                "train_command": "python -m training.ensemble_cnn --candidates a b",
+                "members": [{key: m[key] for key in ("name", "params", "train_command")} for m in members]}  # fmt: skip
+    twin = classifier(metadata)
+    assert isinstance(twin, LogitAveraged) and len(twin.models) == 2 and same_size(twin, metadata)
+    assert [model.network_name for model in twin.models] == ["bn-gap", "vanilla"]

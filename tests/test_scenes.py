@@ -290,3 +290,75 @@ def test_a_short_run_trains_in_channels_last_and_its_checkpoints_load_as_usual(t
 
     resumed = train(Config(**{**metrics["config"], "epochs": 2}), data, runs, results, resume=True)
     assert [row["epoch"] for row in resumed["history"]] == [1, 2]
+
+
+def test_ensemble_is_chosen_on_validation_within_the_budget_and_exports_the_mean_of_its_members(tmp_path):
+    """training.ensemble_cnn end to end on synthetic data: three bn-gap runs (755,718 parameters each) and a
+    budget that fits two; the export's logits are the mean of the chosen members' own, and cnn.onnx follows
+    validation accuracy among the exports."""
+    from training import checkpoint, ensemble_cnn
+    from training.scenes import load_scenes
+
+    rng = np.random.default_rng(0)
+    arrays = {"class_names": np.array(CLASS_NAMES)}
+    for split, n in (("train", 12), ("val", 60), ("test", 30)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 48, 48, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.arange(n) % 6
+    np.savez(tmp_path / "scenes.npz", **arrays)
+    data = load_scenes(tmp_path / "scenes.npz")
+    runs, results, out = tmp_path / "runs", tmp_path / "results", tmp_path / "exports"
+    models = {}
+    for seed in range(3):
+        name = f"run{seed}"
+        torch.manual_seed(seed)
+        models[name] = SceneClassifier("bn-gap", [0.5] * 3, [0.25] * 3).eval()
+        checkpoint.save(runs / name / "best.pt", model=models[name].state_dict(), network="bn-gap",
+                        mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+        (results / name).mkdir(parents=True)
+        command = f"python -m training.train_cnn --seed={seed}"
+        metrics = {"name": name, "params": 755_718, "val_acc": 0.5, "test_acc": 0.5, "train_command": command}
+        (results / name / "metrics.json").write_text(json.dumps(metrics | {"data_sha256": data.fingerprint()}))
+    out.mkdir()
+    where = ["--data", str(tmp_path / "scenes.npz"), "--runs-dir", str(runs), "--results", str(results),
+             "--out", str(out), "--threads", "1"]  # fmt: skip
+    ensemble_cnn.main(["--candidates", *models, "--budget", "1600000", *where])
+
+    summary = json.loads((results / "ensemble" / "selection.json").read_text())
+    assert [len(row["members"]) for row in summary["subsets"]].count(3) == 0  # 2,267,154 parameters: over budget
+    assert len(summary["subsets"]) == 3 + 3
+    pairs = [row for row in summary["subsets"] if len(row["members"]) == 2]
+    assert summary["members"] and [m["name"] for m in summary["members"]] == pairs[0]["members"]
+    assert all(pairs[0]["val_acc"] >= row["val_acc"] for row in pairs)
+    session = load_session(out / "cnn-ensemble.onnx")
+    meta = from_session(session, "cnn-ensemble.onnx")
+    assert meta["params"] == 2 * 755_718 and meta["name"] == "ensemble"
+    assert meta["train_command"].startswith("python -m training.ensemble_cnn --candidates run0 run1 run2")
+    images = data.images["test"]
+    with torch.no_grad():
+        members = [models[m["name"]](torch.from_numpy(images)).numpy() for m in summary["members"]]
+    (logits,) = session.run(["logits"], {"images": images})
+    assert np.abs(logits - np.mean(members, axis=0)).max() < 1e-4
+    assert round(meta["metrics"]["test_acc"] * len(images)) == (logits.argmax(1) == data.labels["test"]).sum()
+    assert (out / "cnn.onnx").read_bytes() == (out / "cnn-ensemble.onnx").read_bytes()  # the only export there
+    assert "| members | params | val acc | val loss |" in (results / "ensemble" / "selection.md").read_text()
+
+    with pytest.raises(SystemExit, match="no two candidates fit"):
+        ensemble_cnn.main(["--candidates", *models, "--budget", "1000000", *where])
+    with pytest.raises(SystemExit, match=r"results/missing/metrics.json not found: train the run first"):
+        ensemble_cnn.main(["--candidates", "run0", "missing", *where])
+
+
+def test_ensemble_selection_ranks_subsets_by_validation_accuracy_then_loss():
+    from training.ensemble_cnn import choose, subsets
+
+    labels = torch.tensor([0, 1, 2, 3])
+    right, wrong = torch.eye(6)[labels] * 4, torch.eye(6)[(labels + 1) % 6] * 4
+    logits = {"a": right * 0.5, "b": right * 0.75, "c": wrong, "d": right}
+    logits["a"][0] = wrong[0] * 0.25  # a: 3 of 4 right; with b: 4 of 4; every other subset of two or more: fewer
+    rows = subsets(logits, {"a": 10, "b": 10, "c": 10, "d": 25}, labels, budget=30)
+    assert len(rows) == 4 + 3 + 1 and all(row["params"] <= 30 for row in rows)  # d joins nothing: 35 > 30
+    assert [row["val_acc"] for row in rows] == sorted((row["val_acc"] for row in rows), reverse=True)
+    assert rows[0]["members"] == ["d"]  # 4 of 4 and the most confident: the lowest loss, but alone
+    assert choose(rows)["members"] == ["a", "b"] and choose(rows)["val_acc"] == 1.0
+    with pytest.raises(ValueError, match="no two candidates"):
+        choose(subsets(logits, {"a": 10, "b": 10, "c": 10, "d": 25}, labels, budget=15))

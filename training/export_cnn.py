@@ -20,9 +20,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from exports import EXPORTS_DIR
+from exports.metadata import from_model
 from exports.runtime import load_session
 from training.cnn import FlipAveraged, SceneClassifier, count_parameters
 from training.onnx_export import export
@@ -78,11 +80,10 @@ def with_flip_averaging(model: SceneClassifier, metrics: dict) -> tuple[torch.nn
     }  # fmt: skip
 
 
-def export_run(metrics: dict, runs: Path, out: Path, data) -> dict:
-    model = load_classifier(runs / metrics["name"] / "best.pt")
-    params = count_parameters(model)
-    assert params == metrics["params"], (params, metrics["params"])
-    graph, scores = with_flip_averaging(model, metrics)
+def export_classifier(graph: torch.nn.Module, out: Path, data, normalize, *, name: str, params: int, metrics: dict,
+                      data_sha256: str, train_command: str, **extra) -> dict:  # fmt: skip
+    """Export `graph` (uint8 NHWC images -> logits) to `out` with the classifier metadata (exports/README.md;
+    `extra` keys go in too), then check ONNX Runtime against it: the parity report, or SystemExit."""
     test_images = data.images["test"]
     size = test_images.shape[1:3]
     export(
@@ -94,25 +95,53 @@ def export_run(metrics: dict, runs: Path, out: Path, data) -> dict:
         dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
         metadata={
             "kind": "classifier",
-            "name": metrics["config"]["network"],
+            "name": name,
             "class_names": list(data.class_names),
             "params": params,
-            "metrics": scores,
-            "data_sha256": metrics["data_sha256"],
-            "train_command": metrics["train_command"],
+            "metrics": metrics,
+            "data_sha256": data_sha256,
+            "train_command": train_command,
+            **extra,
             "preprocessing": {
                 "input": "images", "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
                 "height": int(size[0]), "width": int(size[1]), "resample": "bicubic", "keep_aspect": False,
                 "normalization": "inside the graph",
-                "mean": model.normalize.mean.flatten().tolist(), "std": model.normalize.std.flatten().tolist(),
+                "mean": normalize.mean.flatten().tolist(), "std": normalize.std.flatten().tolist(),
             },
         },
     )  # fmt: skip
-    parity = check_parity(graph, out, test_images)
+    return check_parity(graph, out, test_images)
+
+
+def export_run(metrics: dict, runs: Path, out: Path, data) -> dict:
+    model = load_classifier(runs / metrics["name"] / "best.pt")
+    params = count_parameters(model)
+    assert params == metrics["params"], (params, metrics["params"])
+    graph, scores = with_flip_averaging(model, metrics)
+    parity = export_classifier(
+        graph, out, data, model.normalize, name=metrics["config"]["network"], params=params, metrics=scores,
+        data_sha256=metrics["data_sha256"], train_command=metrics["train_command"],
+    )  # fmt: skip
     print(
         f"{out}: {metrics['name']} val_acc {scores['val_acc']:.4f} test_acc {scores['test_acc']:.4f}; parity {parity}"
     )
     return parity
+
+
+def served_default(out: Path) -> str:
+    """Copy the best classifier of `out` by validation accuracy (its metadata's) to cnn.onnx; its name."""
+    candidates = {path: from_model(onnx.load(str(path)), str(path)) for path in sorted(out.glob("cnn-*.onnx"))}
+    best = max(candidates, key=lambda path: candidates[path]["metrics"]["val_acc"])
+    shutil.copyfile(best, out / "cnn.onnx")
+    print(f"{out / 'cnn.onnx'}: {candidates[best]['name']} (best validation accuracy of {len(candidates)})")
+    return candidates[best]["name"]
+
+
+def record_parity(results: Path, name: str, report: dict) -> None:
+    """results/cnn/parity.json: each export's agreement between ONNX Runtime and PyTorch, by name."""
+    path = results / "parity.json"
+    parity = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(parity | {name: report}, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,19 +160,15 @@ def main(argv: list[str] | None = None) -> None:
     if not best:
         raise SystemExit(f"error: no finished runs in {args.results}/*/metrics.json; run `make train-cnn` first")
     out = Path(args.out)
-    parity_path = Path(args.results, "parity.json")
-    parity = json.loads(parity_path.read_text()) if parity_path.exists() else {}
     trained = [n for n, m in best.items() if (Path(args.runs_dir) / m["name"] / "best.pt").exists()]
     for network in sorted(set(best) - set(trained)) if not args.networks else []:
         print(f"note: no checkpoint of {best[network]['name']} in {args.runs_dir}; cnn-{network}.onnx left as it is")
     for network in args.networks or trained:
         if network not in best:
             raise SystemExit(f"error: no finished run of {network!r} in {args.results}/*/metrics.json")
-        parity[network] = export_run(best[network], Path(args.runs_dir), out / f"cnn-{network}.onnx", data)
-    winner = max(best, key=lambda network: best[network]["val_acc"])
-    shutil.copyfile(out / f"cnn-{winner}.onnx", out / "cnn.onnx")
-    print(f"{out / 'cnn.onnx'}: {winner} (best validation accuracy)")
-    parity_path.write_text(json.dumps(parity, indent=2) + "\n")
+        parity = export_run(best[network], Path(args.runs_dir), out / f"cnn-{network}.onnx", data)
+        record_parity(Path(args.results), network, parity)
+    served_default(out)
 
 
 if __name__ == "__main__":

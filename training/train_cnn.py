@@ -64,10 +64,16 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 @torch.inference_mode()
+def logits_of(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The model's logits over a whole split, in eval mode, a batch at a time."""
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+@torch.inference_mode()
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256):
     """Mean cross-entropy, accuracy and the predicted labels over a whole split."""
-    model.eval()
-    logits = torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    logits = logits_of(model, images, batch_size)
     predictions = logits.argmax(1)
     return F.cross_entropy(logits, labels).item(), (predictions == labels).float().mean().item(), predictions
 

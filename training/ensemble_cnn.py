@@ -1,0 +1,144 @@
+"""A scene classifier made of several trained runs: the mean of their logits, exported as one graph.
+
+    python -m training.ensemble_cnn --candidates resnet-narrow-seed1 resnet-half-seed1 resnet-half-seed2
+
+Which runs join is chosen on the validation split, within issue #10's budget of 3,000,000 parameters for the
+whole graph: every subset of two or more candidates that fits is scored by validation accuracy (then by
+validation loss, on a tie), and the best is exported as exports/cnn-NAME.onnx with the contract, metadata
+and parity check of a single network (`training.export_cnn.export_classifier`). Only it is scored on the
+test split. results/cnn/NAME/ keeps the table of every subset that fits (selection.md, the candidates alone
+too, for comparison) and the chosen one's figures (selection.json). Then, as after `make export-cnn`,
+cnn.onnx is the best classifier of exports/ by validation accuracy: the ensemble only if it wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from exports import EXPORTS_DIR
+from training.cnn import LogitAveraged, count_parameters
+from training.export_cnn import export_classifier, record_parity, served_default
+from training.scenes import DataError, load_scenes
+from training.train_cnn import DEFAULT_DATA, load_classifier, logits_of
+
+BUDGET = 3_000_000  # issue #10: at most 3M parameters in the served network
+
+
+def subsets(logits: dict[str, torch.Tensor], params: dict[str, int], labels: torch.Tensor, budget: int) -> list[dict]:
+    """Validation accuracy and loss of the mean logits of every non-empty subset within the budget, best first."""
+    rows = []
+    for size in range(1, len(logits) + 1):
+        for members in itertools.combinations(logits, size):
+            total = sum(params[m] for m in members)
+            if total > budget:
+                continue
+            mean = torch.stack([logits[m] for m in members]).mean(0)
+            rows.append({
+                "members": list(members), "params": total,
+                "val_acc": (mean.argmax(1) == labels).float().mean().item(),
+                "val_loss": F.cross_entropy(mean, labels).item(),
+            })  # fmt: skip
+    return sorted(rows, key=lambda row: (-row["val_acc"], row["val_loss"]))
+
+
+def choose(rows: list[dict]) -> dict:
+    """The best subset of two or more members (rows come best first)."""
+    ensembles = [row for row in rows if len(row["members"]) > 1]
+    if not ensembles:
+        raise ValueError("no two candidates fit the parameter budget together")
+    return ensembles[0]
+
+
+def selection_table(rows: list[dict], budget: int, images: int) -> str:
+    lines = [
+        f"The mean logits of every subset of the candidates within {budget:,} parameters, on the validation split "
+        f"({images:,} images), best first:",
+        "",
+        "| members | params | val acc | val loss |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {' + '.join(r['members'])} | {r['params']:,} | {r['val_acc']:.4f} | {r['val_loss']:.4f} |"
+              for r in rows]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def load_candidate(name: str, runs: Path, results: Path, fingerprint: str) -> tuple[torch.nn.Module, dict]:
+    """A finished run's classifier (its best.pt) and its metrics; SystemExit naming what is missing."""
+    metrics_path, best_path = results / name / "metrics.json", runs / name / "best.pt"
+    for path in (metrics_path, best_path):
+        if not path.exists():
+            raise SystemExit(f"error: {path} not found: train the run first (make train-{name})")
+    metrics = json.loads(metrics_path.read_text())
+    if metrics["data_sha256"] != fingerprint:
+        raise SystemExit(f"error: {name} was trained on other data (data_sha256 {metrics['data_sha256'][:12]}...)")
+    return load_classifier(best_path), metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidates", nargs="+", required=True, help="finished runs (runs/cnn/NAME/best.pt)")
+    parser.add_argument("--name", default="ensemble", help="the export: exports/cnn-NAME.onnx (default: ensemble)")
+    parser.add_argument("--budget", type=int, default=BUDGET, help="most parameters of the whole ensemble")
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--runs-dir", default="runs/cnn")
+    parser.add_argument("--results", default="results/cnn")
+    parser.add_argument("--out", default=str(EXPORTS_DIR))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if len(set(args.candidates)) < 2:
+        raise SystemExit("error: an ensemble needs two or more candidates")
+    torch.set_num_threads(args.threads)
+    try:
+        data = load_scenes(args.data)
+    except DataError as error:
+        raise SystemExit(f"error: {error}") from None
+    runs, results, out = Path(args.runs_dir), Path(args.results), Path(args.out)
+    loaded = {name: load_candidate(name, runs, results, data.fingerprint()) for name in dict.fromkeys(args.candidates)}
+    split = {s: (torch.from_numpy(data.images[s]), torch.from_numpy(data.labels[s])) for s in ("val", "test")}
+    logits = {name: logits_of(model, split["val"][0]) for name, (model, _) in loaded.items()}
+    params = {name: count_parameters(model) for name, (model, _) in loaded.items()}
+    rows = subsets(logits, params, split["val"][1], args.budget)
+    try:
+        best = choose(rows)
+    except ValueError as error:
+        raise SystemExit(f"error: {error} ({args.budget:,})") from None
+    print(f"chosen on validation: {' + '.join(best['members'])} ({best['params']:,} parameters)")
+
+    ensemble = LogitAveraged([loaded[m][0] for m in best["members"]]).eval()
+    test_images, test_labels = split["test"]
+    test_acc = (logits_of(ensemble, test_images).argmax(1) == test_labels).float().mean().item()
+    normalize = loaded[best["members"][0]][0].normalize
+    for member in best["members"]:  # one preprocessing for the whole graph: the members must share it
+        other = loaded[member][0].normalize
+        assert torch.equal(other.mean, normalize.mean) and torch.equal(other.std, normalize.std), member
+    command = "python -m training.ensemble_cnn " + shlex.join(sys.argv[1:] if argv is None else argv)
+    members = [
+        {key: loaded[m][1][key] for key in ("name", "params", "val_acc", "test_acc", "train_command")}
+        for m in best["members"]
+    ]
+    parity = export_classifier(
+        ensemble, out / f"cnn-{args.name}.onnx", data, normalize, name=args.name, params=best["params"],
+        metrics={"val_acc": best["val_acc"], "test_acc": test_acc}, data_sha256=data.fingerprint(),
+        train_command=command, members=members,
+    )  # fmt: skip
+    record_parity(results, args.name, parity)
+    served = served_default(out)
+    summary = {"name": args.name, "params": best["params"], "members": members, "val_acc": best["val_acc"],
+               "val_loss": best["val_loss"], "test_acc": test_acc, "parity": parity, "served_default": served,
+               "budget": args.budget, "train_command": command, "subsets": rows}  # fmt: skip
+    (results / args.name).mkdir(parents=True, exist_ok=True)
+    (results / args.name / "selection.md").write_text(selection_table(rows, args.budget, len(split["val"][1])))
+    (results / args.name / "selection.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{args.name}: val_acc {best['val_acc']:.4f} test_acc {test_acc:.4f}; parity {parity}; served: {served}")
+
+
+if __name__ == "__main__":
+    main()
