@@ -454,3 +454,12 @@ def test_int8_copy_keeps_the_contract_and_spells_like_its_source(tmp_path, split
     same = sum(a == b for a, b in zip(decode_split(copy, pairs, "greedy", 128)[0],
                                       decode_split(original, pairs, "greedy", 128)[0]))  # fmt: skip
     assert same >= 0.93 * len(pairs), same  # measured: 383 of 400 (the ensemble's copy: 6,628 of 6,669)
+
+
+def test_ensemble_refuses_missing_or_too_few_candidates_by_name(tmp_path):
+    from training import ensemble_p2g
+
+    with pytest.raises(SystemExit, match=r"not in .*: nosuch \(export them first"):
+        ensemble_p2g.main(["--name", "x", "--candidates", "attention", "nosuch", "--results", str(tmp_path)])
+    with pytest.raises(SystemExit, match="needs two or more candidates"):
+        ensemble_p2g.main(["--name", "x", "--candidates", "attention", "attention", "--results", str(tmp_path)])

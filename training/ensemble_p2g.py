@@ -182,8 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     exports, results = Path(args.exports), Path(args.results) / args.name
     missing = [c for c in args.candidates if not (exports / f"p2g-{c}.encoder.onnx").exists()]
-    if missing or len(args.candidates) < 2:
-        raise SystemExit(f"error: need two or more exported candidates; not in {exports}: {', '.join(missing)}")
+    if missing:
+        raise SystemExit(f"error: not in {exports}: {', '.join(missing)} (export them first: make export-p2g)")
+    if len(set(args.candidates)) < 2:
+        raise SystemExit("error: an ensemble needs two or more candidates")
     command = "python -m training.ensemble_p2g " + shlex.join(sys.argv[1:] if argv is None else argv)
     splits = load_splits("cmudict")
     spellings = spellings_by_key(splits)
