@@ -24,7 +24,7 @@ def test_reference_parameter_counts(network, expected):
     assert count_parameters(SceneClassifier(network, [0.5] * 3, [0.25] * 3)) == expected
 
 
-OUR_PARAMS = {"resnet": 2_759_462, "resnet-narrow": 1_553_502, "resnet-half": 691_606}
+OUR_PARAMS = {"resnet": 2_759_462, "resnet-narrow": 1_553_502, "resnet-half": 691_606, "resnet-half-hires": 691_606}
 
 
 @pytest.mark.parametrize(("network", "expected"), OUR_PARAMS.items())
@@ -341,6 +341,14 @@ def test_ensemble_is_chosen_on_validation_within_the_budget_and_exports_the_mean
     assert round(meta["metrics"]["test_acc"] * len(images)) == (logits.argmax(1) == data.labels["test"]).sum()
     assert (out / "cnn.onnx").read_bytes() == (out / "cnn-ensemble.onnx").read_bytes()  # the only export there
     assert "| members | params | val acc | val loss |" in (results / "ensemble" / "selection.md").read_text()
+
+    assert summary["exported"] and summary["served_default"] == "ensemble"
+    # Again: the same ensemble does not beat the served cnn.onnx (itself), so exports/ is left as it is.
+    written = (out / "cnn-ensemble.onnx").stat().st_mtime_ns
+    ensemble_cnn.main(["--candidates", *models, "--budget", "1600000", *where])
+    again = json.loads((results / "ensemble" / "selection.json").read_text())
+    assert not again["exported"] and again["val_acc"] == summary["val_acc"]
+    assert (out / "cnn-ensemble.onnx").stat().st_mtime_ns == written
 
     with pytest.raises(SystemExit, match="no two candidates fit"):
         ensemble_cnn.main(["--candidates", *models, "--budget", "1000000", *where])

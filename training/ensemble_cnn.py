@@ -7,8 +7,11 @@ whole graph: every subset of two or more candidates that fits is scored by valid
 validation loss, on a tie), and the best is exported as exports/cnn-NAME.onnx with the contract, metadata
 and parity check of a single network (`training.export_cnn.export_classifier`). Only it is scored on the
 test split. results/cnn/NAME/ keeps the table of every subset that fits (selection.md, the candidates alone
-too, for comparison) and the chosen one's figures (selection.json). Then, as after `make export-cnn`,
-cnn.onnx is the best classifier of exports/ by validation accuracy: the ensemble only if it wins.
+too, for comparison) and the chosen one's figures (selection.json).
+
+Only served models are committed, and cnn.onnx is the best classifier of exports/ by validation accuracy; so
+the ensemble is exported only when it beats the served cnn.onnx on validation, and then becomes it. Otherwise
+its figures are recorded all the same and exports/ is left as it is.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import shlex
 import sys
 from pathlib import Path
 
+import onnx
 import torch
 import torch.nn.functional as F
 
 from exports import EXPORTS_DIR
+from exports.metadata import from_model
 from training.cnn import LogitAveraged, count_parameters
 from training.export_cnn import export_classifier, record_parity, served_default
 from training.scenes import DataError, load_scenes
@@ -124,20 +129,33 @@ def main(argv: list[str] | None = None) -> None:
         {key: loaded[m][1][key] for key in ("name", "params", "val_acc", "test_acc", "train_command")}
         for m in best["members"]
     ]
-    parity = export_classifier(
-        ensemble, out / f"cnn-{args.name}.onnx", data, normalize, name=args.name, params=best["params"],
-        metrics={"val_acc": best["val_acc"], "test_acc": test_acc}, data_sha256=data.fingerprint(),
-        train_command=command, members=members,
-    )  # fmt: skip
-    record_parity(results, args.name, parity)
-    served = served_default(out)
+    served = served_metadata(out)
+    parity = None
+    if served is None or best["val_acc"] > served["metrics"]["val_acc"]:
+        parity = export_classifier(
+            ensemble, out / f"cnn-{args.name}.onnx", data, normalize, name=args.name, params=best["params"],
+            metrics={"val_acc": best["val_acc"], "test_acc": test_acc}, data_sha256=data.fingerprint(),
+            train_command=command, members=members,
+        )  # fmt: skip
+        record_parity(results, args.name, parity)
+        served = {"name": served_default(out), "metrics": {"val_acc": best["val_acc"]}}
+    else:
+        print(f"not exported: validation accuracy {best['val_acc']:.4f} does not beat the served cnn.onnx "
+              f"({served['name']}, {served['metrics']['val_acc']:.4f})")  # fmt: skip
     summary = {"name": args.name, "params": best["params"], "members": members, "val_acc": best["val_acc"],
-               "val_loss": best["val_loss"], "test_acc": test_acc, "parity": parity, "served_default": served,
-               "budget": args.budget, "train_command": command, "subsets": rows}  # fmt: skip
+               "val_loss": best["val_loss"], "test_acc": test_acc, "exported": parity is not None,
+               "parity": parity, "served_default": served["name"], "budget": args.budget, "train_command": command,
+               "subsets": rows}  # fmt: skip
     (results / args.name).mkdir(parents=True, exist_ok=True)
     (results / args.name / "selection.md").write_text(selection_table(rows, args.budget, len(split["val"][1])))
     (results / args.name / "selection.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{args.name}: val_acc {best['val_acc']:.4f} test_acc {test_acc:.4f}; parity {parity}; served: {served}")
+    print(f"{args.name}: val_acc {best['val_acc']:.4f} test_acc {test_acc:.4f}; served: {served['name']}")
+
+
+def served_metadata(out: Path) -> dict | None:
+    """The metadata of the served cnn.onnx in `out`, if there is one."""
+    path = out / "cnn.onnx"
+    return from_model(onnx.load(str(path)), str(path)) if path.exists() else None
 
 
 if __name__ == "__main__":
