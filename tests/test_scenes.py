@@ -343,6 +343,9 @@ def test_ensemble_is_chosen_on_validation_within_the_budget_and_exports_the_mean
     assert "| members | params | val acc | val loss |" in (results / "ensemble" / "selection.md").read_text()
 
     assert summary["exported"] and summary["served_default"] == "ensemble"
+    errors = summary["val_errors"]
+    assert sorted(errors["errors"]) == sorted(m["name"] for m in summary["members"])
+    assert 0 <= errors["shared_by_all"] <= min(errors["errors"].values())
     # Again: the same ensemble does not beat the served cnn.onnx (itself), so exports/ is left as it is.
     written = (out / "cnn-ensemble.onnx").stat().st_mtime_ns
     ensemble_cnn.main(["--candidates", *models, "--budget", "1600000", *where])
@@ -357,7 +360,7 @@ def test_ensemble_is_chosen_on_validation_within_the_budget_and_exports_the_mean
 
 
 def test_ensemble_selection_ranks_subsets_by_validation_accuracy_then_loss():
-    from training.ensemble_cnn import choose, subsets
+    from training.ensemble_cnn import choose, shared_errors, subsets
 
     labels = torch.tensor([0, 1, 2, 3])
     right, wrong = torch.eye(6)[labels] * 4, torch.eye(6)[(labels + 1) % 6] * 4
@@ -368,5 +371,6 @@ def test_ensemble_selection_ranks_subsets_by_validation_accuracy_then_loss():
     assert [row["val_acc"] for row in rows] == sorted((row["val_acc"] for row in rows), reverse=True)
     assert rows[0]["members"] == ["d"]  # 4 of 4 and the most confident: the lowest loss, but alone
     assert choose(rows)["members"] == ["a", "b"] and choose(rows)["val_acc"] == 1.0
+    assert shared_errors(logits, labels, ["a", "c"]) == {"errors": {"a": 1, "c": 4}, "shared_by_all": 1}
     with pytest.raises(ValueError, match="no two candidates"):
         choose(subsets(logits, {"a": 10, "b": 10, "c": 10, "d": 25}, labels, budget=15))

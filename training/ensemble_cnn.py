@@ -62,7 +62,14 @@ def choose(rows: list[dict]) -> dict:
     return ensembles[0]
 
 
-def selection_table(rows: list[dict], budget: int, images: int) -> str:
+def shared_errors(logits: dict[str, torch.Tensor], labels: torch.Tensor, members: list[str]) -> dict:
+    """How many validation images each member gets wrong, and how many of them every member gets wrong: an
+    ensemble can only mend the mistakes its members do not share."""
+    wrong = {m: set((logits[m].argmax(1) != labels).nonzero().flatten().tolist()) for m in members}
+    return {"errors": {m: len(w) for m, w in wrong.items()}, "shared_by_all": len(set.intersection(*wrong.values()))}
+
+
+def selection_table(rows: list[dict], budget: int, images: int, errors: dict) -> str:
     lines = [
         f"The mean logits of every subset of the candidates within {budget:,} parameters, on the validation split "
         f"({images:,} images), best first:",
@@ -72,6 +79,8 @@ def selection_table(rows: list[dict], budget: int, images: int) -> str:
     ]
     lines += [f"| {' + '.join(r['members'])} | {r['params']:,} | {r['val_acc']:.4f} | {r['val_loss']:.4f} |"
               for r in rows]  # fmt: skip
+    counts = ", ".join(f"{m} {n}" for m, n in errors["errors"].items())
+    lines += ["", f"Validation errors of the chosen members: {counts}; {errors['shared_by_all']} shared by all."]
     return "\n".join(lines) + "\n"
 
 
@@ -142,12 +151,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"not exported: validation accuracy {best['val_acc']:.4f} does not beat the served cnn.onnx "
               f"({served['name']}, {served['metrics']['val_acc']:.4f})")  # fmt: skip
+    errors = shared_errors(logits, split["val"][1], best["members"])
     summary = {"name": args.name, "params": best["params"], "members": members, "val_acc": best["val_acc"],
-               "val_loss": best["val_loss"], "test_acc": test_acc, "exported": parity is not None,
+               "val_loss": best["val_loss"], "val_errors": errors, "test_acc": test_acc, "exported": parity is not None,
                "parity": parity, "served_default": served["name"], "budget": args.budget, "train_command": command,
                "subsets": rows}  # fmt: skip
     (results / args.name).mkdir(parents=True, exist_ok=True)
-    (results / args.name / "selection.md").write_text(selection_table(rows, args.budget, len(split["val"][1])))
+    (results / args.name / "selection.md").write_text(selection_table(rows, args.budget, len(split["val"][1]), errors))
     (results / args.name / "selection.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{args.name}: val_acc {best['val_acc']:.4f} test_acc {test_acc:.4f}; served: {served['name']}")
 
