@@ -23,14 +23,12 @@ import shlex
 import sys
 from pathlib import Path
 
-import onnx
 import torch
 import torch.nn.functional as F
 
 from exports import EXPORTS_DIR
-from exports.metadata import from_model
 from training.cnn import LogitAveraged, count_parameters
-from training.export_cnn import export_classifier, record_parity, served_default
+from training.export_cnn import export_classifier, read_metadata, record_parity, served_default
 from training.scenes import DataError, load_scenes
 from training.train_cnn import DEFAULT_DATA, load_classifier, logits_of
 
@@ -138,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         {key: loaded[m][1][key] for key in ("name", "params", "val_acc", "test_acc", "train_command")}
         for m in best["members"]
     ]
-    served = served_metadata(out)
+    served = read_metadata(out / "cnn.onnx") if (out / "cnn.onnx").exists() else None
     parity = None
     if served is None or best["val_acc"] > served["metrics"]["val_acc"]:
         parity = export_classifier(
@@ -160,12 +158,6 @@ def main(argv: list[str] | None = None) -> None:
     (results / args.name / "selection.md").write_text(selection_table(rows, args.budget, len(split["val"][1]), errors))
     (results / args.name / "selection.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{args.name}: val_acc {best['val_acc']:.4f} test_acc {test_acc:.4f}; served: {served['name']}")
-
-
-def served_metadata(out: Path) -> dict | None:
-    """The metadata of the served cnn.onnx in `out`, if there is one."""
-    path = out / "cnn.onnx"
-    return from_model(onnx.load(str(path)), str(path)) if path.exists() else None
 
 
 if __name__ == "__main__":

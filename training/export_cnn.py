@@ -128,9 +128,14 @@ def export_run(metrics: dict, runs: Path, out: Path, data) -> dict:
     return parity
 
 
+def read_metadata(path: Path) -> dict:
+    """The metadata of an exported classifier, read with the onnx package (no session)."""
+    return from_model(onnx.load(str(path)), str(path))
+
+
 def served_default(out: Path) -> str:
     """Copy the best classifier of `out` by validation accuracy (its metadata's) to cnn.onnx; its name."""
-    candidates = {path: from_model(onnx.load(str(path)), str(path)) for path in sorted(out.glob("cnn-*.onnx"))}
+    candidates = {path: read_metadata(path) for path in sorted(out.glob("cnn-*.onnx"))}
     best = max(candidates, key=lambda path: candidates[path]["metrics"]["val_acc"])
     shutil.copyfile(best, out / "cnn.onnx")
     print(f"{out / 'cnn.onnx'}: {candidates[best]['name']} (best validation accuracy of {len(candidates)})")
