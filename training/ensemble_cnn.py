@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         data = load_scenes(args.data)
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
-    runs, results, out = Path(args.runs_dir), Path(args.results), Path(args.out)
-    loaded = {name: load_candidate(name, runs, results, data.fingerprint()) for name in dict.fromkeys(args.candidates)}
+    runs, results, out, fingerprint = Path(args.runs_dir), Path(args.results), Path(args.out), data.fingerprint()
+    loaded = {name: load_candidate(name, runs, results, fingerprint) for name in dict.fromkeys(args.candidates)}
     split = {s: (torch.from_numpy(data.images[s]), torch.from_numpy(data.labels[s])) for s in ("val", "test")}
     logits = {name: logits_of(model, split["val"][0]) for name, (model, _) in loaded.items()}
     params = {name: count_parameters(model) for name, (model, _) in loaded.items()}
@@ -137,27 +137,27 @@ def main(argv: list[str] | None = None) -> None:
         for m in best["members"]
     ]
     served = read_metadata(out / "cnn.onnx") if (out / "cnn.onnx").exists() else None
-    parity = None
+    served_name, parity = (served["name"] if served else None), None
     if served is None or best["val_acc"] > served["metrics"]["val_acc"]:
         parity = export_classifier(
             ensemble, out / f"cnn-{args.name}.onnx", data, normalize, name=args.name, params=best["params"],
-            metrics={"val_acc": best["val_acc"], "test_acc": test_acc}, data_sha256=data.fingerprint(),
+            metrics={"val_acc": best["val_acc"], "test_acc": test_acc}, data_sha256=fingerprint,
             train_command=command, members=members,
         )  # fmt: skip
         record_parity(results, args.name, parity)
-        served = {"name": served_default(out), "metrics": {"val_acc": best["val_acc"]}}
+        served_name = served_default(out)
     else:
         print(f"not exported: validation accuracy {best['val_acc']:.4f} does not beat the served cnn.onnx "
               f"({served['name']}, {served['metrics']['val_acc']:.4f})")  # fmt: skip
     errors = shared_errors(logits, split["val"][1], best["members"])
     summary = {"name": args.name, "params": best["params"], "members": members, "val_acc": best["val_acc"],
                "val_loss": best["val_loss"], "val_errors": errors, "test_acc": test_acc, "exported": parity is not None,
-               "parity": parity, "served_default": served["name"], "budget": args.budget, "train_command": command,
+               "parity": parity, "served_default": served_name, "budget": args.budget, "train_command": command,
                "subsets": rows}  # fmt: skip
     (results / args.name).mkdir(parents=True, exist_ok=True)
     (results / args.name / "selection.md").write_text(selection_table(rows, args.budget, len(split["val"][1]), errors))
     (results / args.name / "selection.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{args.name}: val_acc {best['val_acc']:.4f} test_acc {test_acc:.4f}; served: {served['name']}")
+    print(f"{args.name}: val_acc {best['val_acc']:.4f} test_acc {test_acc:.4f}; served: {served_name}")
 
 
 if __name__ == "__main__":
