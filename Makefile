@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires ensemble-cnn train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires ensemble-cnn ensemble-cnn-hires train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -113,19 +113,29 @@ train-resnet-half-hires: $(VENV)/.full ## ablation of resolution: `resnet-half` 
 	$(RESNET) --network resnet-half-hires --augment flip-crop --name resnet-half-hires
 	$(PY) -m training.cnn_report
 
-# `resnet-narrow` or `resnet-half` from another seed (1, 2, ...): candidate members for `make ensemble-cnn`
-train-resnet-narrow-seed% train-resnet-half-seed%: $(VENV)/.full
+# `resnet-narrow`, `resnet-half` or `resnet-half-hires` from another seed (1, 2, ...): candidate members for `make ensemble-cnn`
+train-resnet-narrow-seed% train-resnet-half-seed% train-resnet-half-hires-seed%: $(VENV)/.full
 	$(need_data)
 	$(RESNET) --network $(subst train-,,$(firstword $(subst -seed, ,$@))) --augment flip-crop --seed $* \
 		--name $(subst train-,,$@)
 	$(PY) -m training.cnn_report
 
 CNN_CANDIDATES := resnet-narrow-seed1 resnet-half-seed1 resnet-half-seed2
+HIRES_CANDIDATES := resnet-half-hires resnet-half-hires-seed1 resnet-half-hires-seed2 resnet-narrow-seed1
 
-ensemble-cnn: $(VENV)/.full ## the subset of CNN_CANDIDATES best on validation within 3M parameters, exported if it beats cnn.onnx (trains missing runs)
+# the subset of candidates ($(2)) best on validation within 3M parameters, exported as cnn-$(1).onnx if it beats
+# cnn.onnx on validation; candidates not trained yet are trained first
+define ensemble_cnn
 	$(need_data)
-	for run in $(CNN_CANDIDATES); do test -e runs/cnn/$$run/best.pt || $(MAKE) train-$$run || exit 1; done
-	$(PY) -m training.ensemble_cnn --data "$(DATA)" --threads $(THREADS) --candidates $(CNN_CANDIDATES)
+	for run in $(2); do test -e runs/cnn/$$run/best.pt || $(MAKE) train-$$run || exit 1; done
+	$(PY) -m training.ensemble_cnn --data "$(DATA)" --threads $(THREADS) --name $(1) --candidates $(2)
+endef
+
+ensemble-cnn: $(VENV)/.full ## the subset of CNN_CANDIDATES (width and seeds) best on validation within 3M parameters, exported if it beats cnn.onnx
+	$(call ensemble_cnn,ensemble,$(CNN_CANDIDATES))
+
+ensemble-cnn-hires: $(VENV)/.full ## the same over HIRES_CANDIDATES: resnet-half-hires from three seeds, and resnet-narrow-seed1
+	$(call ensemble_cnn,ensemble-hires,$(HIRES_CANDIDATES))
 
 train-transformer: $(VENV)/.full ## our speller: a transformer encoder-decoder, 15 epochs (resumable)
 	$(PY) -m training.train_p2g --model transformer --lr 0.001 --batch-size 256 --epochs 15 --dropout 0.1 \

@@ -13,7 +13,8 @@ from tests.server import ROOT
 TARGETS = ["serve", "test", "train-cnn", "train-p2g", "train-resnet", "train-resnet-distilled", "train-resnet-ensemble",
            "train-resnet-trivial", "train-resnet-trivial-long", "train-resnet-long", "train-resnet-mixup",
            "train-resnet-narrow", "train-resnet-half", "train-resnet-half-seed1", "train-resnet-narrow-seed1",
-           "train-resnet-half-hires", "ensemble-cnn", "train-transformer", "train-attention-large",
+           "train-resnet-half-hires", "train-resnet-half-hires-seed1", "ensemble-cnn", "ensemble-cnn-hires",
+           "train-transformer", "train-attention-large",
            "train-attention-deep", "train-attention-deep-seed1",
            "ensemble-p2g", "quantize-p2g", "pair-p2g", "beam-p2g", "peer-p2g", "compare-p2g",
            "export", "bench", "build", "containerize", "container-smoke", "lint", "clean"]  # fmt: skip
