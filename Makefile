@@ -113,7 +113,7 @@ train-resnet-half-hires: $(VENV)/.full ## ablation of resolution: `resnet-half` 
 	$(RESNET) --network resnet-half-hires --augment flip-crop --name resnet-half-hires
 	$(PY) -m training.cnn_report
 
-# `resnet-narrow`, `resnet-half` or `resnet-half-hires` from another seed (1, 2, ...): candidate members for `make ensemble-cnn`
+# `resnet-narrow`, `resnet-half` or `resnet-half-hires` from another seed (1, 2, ...): ensemble candidates (below)
 train-resnet-narrow-seed% train-resnet-half-seed% train-resnet-half-hires-seed%: $(VENV)/.full
 	$(need_data)
 	$(RESNET) --network $(subst train-,,$(firstword $(subst -seed, ,$@))) --augment flip-crop --seed $* \
