@@ -104,8 +104,9 @@ def spellers(rows: list[dict]) -> str:
     out = []
     for r in rows:
         name = r["model"] if r["same_size"] else f"{r['model']} (*)"
+        torch = [r["torch"].format(), x(ratio(r["ort"].median, r["torch"].median))] if r["torch"] else ["-", "-"]
         out.append([name, f"{r['params']:,}", r["mode"], r["words"], f"{r['letters']:.1f}", r["ort"].format(),
-                    r["torch"].format(), x(ratio(r["ort"].median, r["torch"].median))])  # fmt: skip
+                    *torch])  # fmt: skip
     headers = ["speller", "params", "decoding", "words", "letters/spelling", "ONNX Runtime words/s",
                "PyTorch eager words/s", "ORT / PyTorch"]  # fmt: skip
     return table(headers, out)
@@ -208,6 +209,9 @@ def document(results: dict) -> str:
         table(["from", "to", "seconds"],
               [["`make serve` (environment present)", "`GET /readyz` 200", results["startup"].format(2)]]),
     ]  # fmt: skip
+    if any(r["torch"] is None for r in results["models"]["spellers"]):
+        sections.append("A speller made from other exports (an ensemble, an int8 copy) has no PyTorch twin: "
+                        "ONNX Runtime alone (-).")  # fmt: skip
     if any(not r["same_size"] for r in results["models"]["classifiers"] + results["models"]["spellers"]):
         sections.append("(*) the PyTorch twin's parameter count differs from the export's: its architecture is not "
                          "the exported one, so its figure is not comparable.")  # fmt: skip
