@@ -108,7 +108,7 @@ train-resnet-half: $(VENV)/.full ## ablation of width: the `resnet` recipe at wi
 	$(RESNET) --network resnet-half --augment flip-crop --name resnet-half
 	$(PY) -m training.cnn_report
 
-train-resnet-half-hires: $(VENV)/.full ## ablation of resolution: `resnet-half` with its first stage at 48x48, not 24x24 (about 45 min on 2 threads)
+train-resnet-half-hires: $(VENV)/.full ## ablation of resolution: `resnet-half` with its first stage at 48x48, not 24x24 (about 75 min on 2 threads, 110 on 1)
 	$(need_data)
 	$(RESNET) --network resnet-half-hires --augment flip-crop --name resnet-half-hires
 	$(PY) -m training.cnn_report
