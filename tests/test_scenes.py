@@ -24,7 +24,13 @@ def test_reference_parameter_counts(network, expected):
     assert count_parameters(SceneClassifier(network, [0.5] * 3, [0.25] * 3)) == expected
 
 
-OUR_PARAMS = {"resnet": 2_759_462, "resnet-narrow": 1_553_502, "resnet-half": 691_606, "resnet-half-hires": 691_606}
+OUR_PARAMS = {
+    "resnet": 2_759_462,
+    "resnet-narrow": 1_553_502,
+    "resnet-half": 691_606,
+    "resnet-half-hires": 691_606,
+    "resnet-narrow-hires": 1_553_502,
+}
 
 
 @pytest.mark.parametrize(("network", "expected"), OUR_PARAMS.items())
@@ -50,6 +56,32 @@ def test_one_training_step_lowers_the_loss(network):
     before.backward()
     optimizer.step()
     assert loss().item() < before.item()
+
+
+def test_bf16_autocast_training_learns_and_keeps_fp32_weights():
+    """`--bf16` runs the forward pass in bfloat16 (AMX); the weights and the optimizer stay in fp32."""
+    from training.train_cnn import Config, train_epoch
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 128, (32, 48, 48, 3), dtype=torch.uint8)
+    labels = torch.arange(32) % 6
+    images[torch.arange(32), :, :, labels % 3] += 100  # a colour cue, so there is something to learn
+    model = SceneClassifier("resnet-half", [60.0] * 3, [40.0] * 3).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    config = Config(network="resnet-half", batch_size=16, bf16=True)
+    generator = torch.Generator().manual_seed(0)
+
+    def loss():  # in fp32, on batch statistics: a few steps do not settle batch norm's running averages
+        torch.manual_seed(1)  # the same dropout masks in both measurements
+        with torch.no_grad():
+            return F.cross_entropy(model.train()(images), labels).item()
+
+    before = loss()
+    for _ in range(6):
+        train_epoch(model, optimizer, None, None, images, labels, config, generator, "")
+    after = loss()
+    assert after < before * 0.8, (before, after)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def make_folder(root, per_class=20, size=(150, 120)):
