@@ -27,7 +27,7 @@ from training.p2g_metrics import error_rates, wer_at_k
 # The n-best lists come from a beam of BEAM hypotheses, a width chosen on the validation split
 # (`make beam-p2g`, results/p2g/beam_width.md): wider beams find more of the right spellings.
 BEAM, N_BEST, SAMPLES, TOP_P = 20, 5, 5, 0.8
-BEAM_WIDTHS = (5, 10, 20)
+BEAM_WIDTHS = (5, 10, 20, 40)
 
 
 def decode_split(
