@@ -78,7 +78,8 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_quotes_the_result_tables_verbatim():
     readme = (ROOT / "README.md").read_text()
     tables = ("results/cnn/sweep.md", "results/cnn/ours.md", "results/cnn/ensemble/selection.md",
-              "results/cnn/ensemble-hires/selection.md", "results/p2g/results.md", "results/p2g/beam_width.md",
+              "results/cnn/ensemble-hires/selection.md", "results/cnn/ensemble-bf16/selection.md",
+              "results/p2g/results.md", "results/p2g/beam_width.md",
               "results/p2g/comparison.md")  # fmt: skip
     for table in tables:
         assert (ROOT / table).read_text() in readme, f"README.md does not quote {table} as written"
