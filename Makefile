@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -120,21 +120,19 @@ train-resnet-narrow-seed% train-resnet-half-seed% train-resnet-half-hires-seed%:
 		--name $(subst train-,,$@)
 	$(PY) -m training.cnn_report
 
-# the same networks trained under bfloat16 autocast (AMX on this CPU: resnet-half-hires 55 min against 107 in fp32)
-train-resnet-half-hires-bf16: $(VENV)/.full ## ablation of precision: `resnet-half-hires` trained in bfloat16 autocast (55 min on 1 thread)
+# any of the 48x48-first-stage networks trained under bfloat16 autocast (AMX on this CPU: resnet-half-hires
+# 55 min on 1 thread against 107 in fp32), also from seeds 1 to 4: train-<network>-bf16[-seed<N>]
+BF16_RUNS := $(foreach net,resnet-half-hires resnet-narrow-hires resnet-hires,\
+	train-$(net)-bf16 $(foreach seed,1 2 3 4,train-$(net)-bf16-seed$(seed)))
+$(BF16_RUNS): $(VENV)/.full
 	$(need_data)
-	$(RESNET) --network resnet-half-hires --augment flip-crop --bf16 --name resnet-half-hires-bf16
+	$(RESNET) --network $(firstword $(subst -bf16, ,$(@:train-%=%))) --augment flip-crop --bf16 \
+		$(if $(findstring -seed,$@),--seed $(lastword $(subst -seed, ,$@))) --name $(@:train-%=%)
 	$(PY) -m training.cnn_report
 
-train-resnet-half-hires-bf16-seed%: $(VENV)/.full
-	$(need_data)
-	$(RESNET) --network resnet-half-hires --augment flip-crop --bf16 --seed $* --name resnet-half-hires-bf16-seed$*
-	$(PY) -m training.cnn_report
-
-train-resnet-narrow-hires-bf16: $(VENV)/.full ## `resnet-narrow` with its first stage at 48x48, trained in bfloat16 autocast (89 min on 1 thread)
-	$(need_data)
-	$(RESNET) --network resnet-narrow-hires --augment flip-crop --bf16 --name resnet-narrow-hires-bf16
-	$(PY) -m training.cnn_report
+train-resnet-half-hires-bf16: ## ablation of precision: `resnet-half-hires` trained in bfloat16 autocast (55 min on 1 thread)
+train-resnet-narrow-hires-bf16: ## `resnet-narrow` with its first stage at 48x48, in bfloat16 (89 min on 1 thread)
+train-resnet-hires-bf16: ## `resnet` with its first stage at 48x48, in bfloat16 (about 65 min on 2 threads)
 
 CNN_CANDIDATES := resnet-narrow-seed1 resnet-half-seed1 resnet-half-seed2
 HIRES_CANDIDATES := resnet-half-hires resnet-half-hires-seed1 resnet-half-hires-seed2 resnet-narrow-seed1

@@ -30,6 +30,7 @@ OUR_PARAMS = {
     "resnet-half": 691_606,
     "resnet-half-hires": 691_606,
     "resnet-narrow-hires": 1_553_502,
+    "resnet-hires": 2_759_462,
 }
 
 
