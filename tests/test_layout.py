@@ -17,7 +17,7 @@ TARGETS = ["serve", "test", "train-cnn", "train-p2g", "train-resnet", "train-res
            "train-resnet-half-hires-bf16-seed1", "train-resnet-narrow-hires-bf16", "train-resnet-hires-bf16",
            "ensemble-cnn", "ensemble-cnn-hires", "ensemble-cnn-bf16",
            "train-transformer", "train-attention-large",
-           "train-attention-deep", "train-attention-deep-seed1",
+           "train-attention-deep", "train-attention-deep-seed1", "train-attention-distilled",
            "ensemble-p2g", "quantize-p2g", "pair-p2g", "beam-p2g", "peer-p2g", "compare-p2g",
            "export", "bench", "build", "containerize", "container-smoke", "lint", "clean"]  # fmt: skip
 

@@ -11,9 +11,10 @@ from exports.runtime import SpellerGraphs, speller_prefixes
 from training.p2g_compare import EVALUATION_BATCH
 from training.p2g_data import Vocab, cmudict_splits, spellings_by_key, split_of, tsv_splits
 from training.p2g_metrics import error_rates, wer_at_k
-from training.p2g_model import Speller, SpellerConfig
+from training.p2g_model import Speller, SpellerConfig, sequence_loss
+from training.p2g_teacher import teacher_log_probs
 from training.p2g_transformer import TransformerConfig, TransformerSpeller
-from training.train_p2g import config_args, parse_args, run_name
+from training.train_p2g import Config, config_args, parse_args, run_name, train_epoch
 
 SMALL_TRANSFORMER = TransformerConfig(d_model=32, heads=4, ffn=64, encoder_layers=2, decoder_layers=2, dropout=0.1)
 
@@ -135,9 +136,61 @@ def test_padding_is_masked_in_the_loss(vocab):
     model = Speller(len(vocab.phonemes), len(vocab.graphemes), SpellerConfig()).eval()
     phonemes, targets = torch.tensor([[5, 6, 7]]), torch.tensor([[1, 5, 6, 2]])
     with torch.no_grad():
-        alone = model.loss(phonemes, targets)
-        padded = model.loss(torch.tensor([[5, 6, 7, 0]]), torch.tensor([[1, 5, 6, 2, 0, 0]]))
+        alone = sequence_loss(model(phonemes, targets), targets)
+        padded_targets = torch.tensor([[1, 5, 6, 2, 0, 0]])
+        padded = sequence_loss(model(torch.tensor([[5, 6, 7, 0]]), padded_targets), padded_targets)
     assert torch.allclose(alone, padded, atol=1e-6)
+
+
+def test_distillation_term_vanishes_when_the_model_matches_its_teacher_and_ignores_padding():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 4, 9), torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
+    teacher = torch.log_softmax(logits, dim=2).clone()
+    teacher[targets[:, 1:] == 0] = torch.log_softmax(torch.randn(9), dim=0)  # rows of padding: never read
+    plain = sequence_loss(logits, targets, 0.1)
+    assert torch.allclose(sequence_loss(logits, targets, 0.1, teacher, distill=0.5), plain / 2, atol=1e-6)
+    other = torch.log_softmax(torch.randn(2, 4, 9), dim=2)
+    assert sequence_loss(logits, targets, 0.1, other, distill=0.5) > plain / 2 + 1e-3
+
+
+@pytest.fixture(scope="module")
+def attention_teacher(splits, vocab):
+    """The committed reference `attention` speller's teacher-forced log-probabilities on 300 training words."""
+    pairs = splits["train"][:300]
+    return pairs, teacher_log_probs("attention", pairs, vocab, threads=2, batch=64)
+
+
+def test_teacher_log_probs_are_aligned_with_the_gold_characters(attention_teacher, vocab):
+    """One row per character after BOS; the rows are distributions, and the teacher (which learnt these
+    training words) puts most of its mass on the gold character of each row: misalignment would not."""
+    pairs, soft = attention_teacher
+    gold_probs = []
+    for pair, rows in zip(pairs, soft):
+        assert rows.shape == (len(pair.word) + 1, len(vocab.graphemes)) and rows.dtype == torch.float16
+        assert torch.allclose(rows.float().exp().sum(1), torch.ones(len(rows)), atol=1e-2)
+        gold = torch.tensor(vocab.encode_word(pair.word)[1:])
+        gold_probs.append(rows.float().exp()[torch.arange(len(rows)), gold])
+    assert torch.cat(gold_probs).mean() > 0.8
+
+
+def test_teacher_must_exist_and_share_the_vocabularies(splits, vocab):
+    with pytest.raises(ValueError, match="no speller export named 'nope'"):
+        teacher_log_probs("nope", splits["train"][:2], vocab, threads=1)
+    other = Vocab(vocab.phonemes, (*vocab.graphemes, "#"))
+    with pytest.raises(ValueError, match="other vocabularies"):
+        teacher_log_probs("attention", splits["train"][:2], other, threads=1)
+
+
+def test_distilled_bf16_training_learns_and_keeps_fp32_weights(attention_teacher, vocab):
+    pairs, soft = attention_teacher
+    config = Config(hidden=64, embedding=64, batch_size=32, teacher="attention", distill=0.5, bf16=True)
+    torch.manual_seed(0)
+    model = Speller(len(vocab.phonemes), len(vocab.graphemes), SpellerConfig(embedding=64, hidden=64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
+    generator = torch.Generator().manual_seed(0)
+    losses = [train_epoch(model, optimizer, None, pairs, vocab, config, generator, "test", soft) for _ in range(3)]
+    assert losses[2] < losses[0] and all(np.isfinite(losses))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 # A toy model for the decoding tests: the next token's log-probabilities depend on the step and a per-row offset.
@@ -263,6 +316,9 @@ def test_a_run_is_named_by_its_model_unless_given_a_name():
     named, _ = parse_args(["--model", "attention", "--name", "attention-large", "--hidden", "256"])
     assert run_name(named) == "attention-large" and "--name=attention-large" in config_args(named)
     assert parse_args(config_args(named))[0] == named  # the recorded train command rebuilds the same config
+    distilled, _ = parse_args(["--teacher", "attention-ensemble", "--distill", "0.5", "--bf16", "--epochs", "3"])
+    assert distilled.bf16 and distilled.teacher == "attention-ensemble" and not parse_args([])[0].bf16
+    assert parse_args(config_args(distilled))[0] == distilled
 
 
 @pytest.mark.parametrize("name", COMMITTED_SPELLERS)

@@ -123,7 +123,8 @@ def pad(sequences: list[list[int]]) -> torch.Tensor:
 
 
 def batches(pairs: list[Pair], vocab: Vocab, batch_size: int, generator: torch.Generator | None = None):
-    """(phonemes [B, T], targets [B, L]) batches of similar lengths, in shuffled order when a generator is given.
+    """(indices, phonemes [B, T], targets [B, L]) batches of similar lengths, in shuffled order when a generator
+    is given; `indices` are the batch's positions in `pairs`.
 
     Pairs are sorted by length within chunks of 50 batches, so padding stays small while order stays random.
     """
@@ -138,6 +139,7 @@ def batches(pairs: list[Pair], vocab: Vocab, batch_size: int, generator: torch.G
     for group in groups:
         chosen = [pairs[i] for i in group]
         yield (
+            group,
             pad([vocab.encode_phonemes(p.phonemes) for p in chosen]),
             pad([vocab.encode_word(p.word) for p in chosen]),
         )

@@ -159,9 +159,23 @@ class Speller(nn.Module):
         """Teacher forcing: targets [B, L] start with BOS; returns logits [B, L-1, V] for targets[:, 1:]."""
         return self.decoder.teacher_forcing(targets[:, :-1], **self.initial_state(phonemes))
 
-    def loss(self, phonemes: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-        logits = self(phonemes, targets)
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[2]), targets[:, 1:].reshape(-1), ignore_index=0,
-            label_smoothing=label_smoothing,
-        )  # fmt: skip
+
+def sequence_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    label_smoothing: float = 0.0,
+    teacher: torch.Tensor | None = None,
+    distill: float = 0.0,
+) -> torch.Tensor:
+    """The loss of teacher-forced logits [B, L-1, V] for targets [B, L] (BOS first, 0 = padding, masked):
+    cross-entropy with the next character; with a teacher's log-probabilities [B, L-1, V], the share
+    `distill` of it goes to KL(teacher || model) over the same positions instead (word-level distillation)."""
+    gold = targets[:, 1:]
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[2]), gold.reshape(-1), ignore_index=0, label_smoothing=label_smoothing
+    )
+    if teacher is None or distill == 0:
+        return loss
+    real = gold != 0
+    soft = F.kl_div(F.log_softmax(logits[real], dim=1), teacher[real], log_target=True, reduction="batchmean")
+    return (1 - distill) * loss + distill * soft

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 NEG_INF = -1e9
@@ -161,10 +160,3 @@ class TransformerSpeller(nn.Module):
             x = x + layer.dropout(layer.self_attention(h, h, causal))
             x = layer.finish(x, cross_k[:, i], cross_v[:, i], mask.unsqueeze(1))
         return self.out(self.decoder_norm(x))
-
-    def loss(self, phonemes, targets, label_smoothing: float = 0.0) -> torch.Tensor:
-        logits = self(phonemes, targets)
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[2]), targets[:, 1:].reshape(-1), ignore_index=0,
-            label_smoothing=label_smoothing,
-        )  # fmt: skip

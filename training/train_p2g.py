@@ -4,6 +4,7 @@ python -m training.train_p2g --model attention
 python -m training.train_p2g --model vanilla --data path/to/tsv-folder
 python -m training.train_p2g --model transformer --lr 0.001 --batch-size 256 --epochs 15 --dropout 0.1 \
     --label-smoothing 0.1 --schedule warmup-cosine
+python -m training.train_p2g --hidden 256 --embedding 256 --teacher attention-ensemble --distill 0.5 --bf16
 
 The defaults are the reference recipe (hidden 128, dropout 0.3, Adam 0.003 constant, batch 64, 20 epochs).
 """
@@ -26,7 +27,8 @@ from exports import decoding
 from training import checkpoint
 from training.p2g_data import BOS, EOS, Pair, Vocab, batches, load_splits, pad, spellings_by_key
 from training.p2g_metrics import error_rates, wer_at_k
-from training.p2g_model import Speller, SpellerConfig
+from training.p2g_model import Speller, SpellerConfig, sequence_loss
+from training.p2g_teacher import teacher_log_probs
 from training.p2g_transformer import TransformerConfig, TransformerSpeller
 from training.plots import plot_curves
 
@@ -53,6 +55,9 @@ class Config:
     heads: int = 4
     ffn: int = 768
     layers: int = 3
+    teacher: str = ""  # a speller in exports/ (e.g. attention-ensemble): distil its next-character distributions
+    distill: float = 0.0  # the share of the loss that goes to the teacher's distributions instead of the gold
+    bf16: bool = False  # forward under CPU autocast to bfloat16 (AMX); weights, optimizer, evaluation stay fp32
     seed: int = 0
     data: str = "cmudict"
     threads: int = 2
@@ -135,7 +140,8 @@ def evaluate(model, vocab, pairs, spellings, config: Config, samples: int = 0) -
     return metrics
 
 
-def train_epoch(model, optimizer, schedule, pairs, vocab, config: Config, generator, desc) -> float:
+def train_epoch(model, optimizer, schedule, pairs, vocab, config: Config, generator, desc, teacher=None) -> float:
+    """One pass over the pairs; `teacher`: per pair, the log-probabilities to distil (teacher_log_probs)."""
     model.train()
     total, count = 0.0, 0
     steps = (len(pairs) + config.batch_size - 1) // config.batch_size
@@ -146,8 +152,13 @@ def train_epoch(model, optimizer, schedule, pairs, vocab, config: Config, genera
         leave=False,
         disable=not sys.stderr.isatty(),
     )
-    for phonemes, targets in bar:
-        loss = model.loss(phonemes, targets, config.label_smoothing)
+    for indices, phonemes, targets in bar:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            logits = model(phonemes, targets)
+        soft = None
+        if teacher is not None:
+            soft = torch.nn.utils.rnn.pad_sequence([teacher[i] for i in indices], batch_first=True).float()
+        loss = sequence_loss(logits.float(), targets, config.label_smoothing, soft, config.distill)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
@@ -174,6 +185,11 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
     steps_per_epoch = -(-len(splits["train"]) // config.batch_size)  # what `batches` yields: full chunks of 50
     schedule = learning_rate_schedule(optimizer, config, steps_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
+    teacher = None
+    if config.teacher:
+        start = time.perf_counter()
+        teacher = teacher_log_probs(config.teacher, splits["train"], vocab, config.threads)
+        print(f"{name}: soft targets of {config.teacher} in {time.perf_counter() - start:.0f}s", flush=True)
     history, best = [], {"val_cer": float("inf"), "epoch": 0}
     last = run_dir / "last.pt"
     if resume and (restored := checkpoint.resume(last, model, optimizer, generator, name, schedule=schedule)):
@@ -181,7 +197,7 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         train_loss = train_epoch(
-            model, optimizer, schedule, splits["train"], vocab, config, generator, f"{name} {epoch}"
+            model, optimizer, schedule, splits["train"], vocab, config, generator, f"{name} {epoch}", teacher
         )
         val = evaluate(model, vocab, splits["valid"], spellings, config)
         seconds = time.perf_counter() - start
@@ -237,7 +253,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--model", choices=sorted(MODELS), default=defaults.model)
     for key, value in asdict(defaults).items():
         if key not in ("model", "name", "data"):
-            parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+            kind = (lambda text: text.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
+            flag = {"nargs": "?", "const": True} if isinstance(value, bool) else {}  # `--bf16` or `--bf16=False`
+            parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=value, **flag)
     parser.add_argument("--name", default=defaults.name, help="the run's name (default: the model's)")
     parser.add_argument("--data", default=defaults.data, help="'cmudict' or a folder with train, valid, test TSVs")
     parser.add_argument("--runs", default="runs/p2g")
