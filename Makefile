@@ -187,6 +187,7 @@ ensemble-p2g: $(VENV)/.full ## our best speller: the subset of exported spellers
 	$(PY) -m training.p2g_report
 
 compare-p2g: $(VENV)/.full ## every exported speller and the peer on the test split -> results/p2g/comparison.md
+	test -e runs/peer/phonetisaurus/model.fst || $(PY) -m training.peer_phonetisaurus
 	$(PY) -m training.p2g_compare
 
 quantize-p2g: $(VENV)/.full ## an int8 copy of the ensemble (ONNX Runtime dynamic quantization), about twice as fast on CPU

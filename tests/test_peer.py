@@ -7,6 +7,7 @@ import json
 import pytest
 
 from training import peer_phonetisaurus
+from training.p2g_compare import peer_speed
 from training.p2g_data import cmudict_splits, spellings_by_key
 
 pytest.importorskip(
@@ -30,3 +31,6 @@ def test_tiny_lexicon_trains_decodes_and_scores(tmp_path):
     assert json.loads((tmp_path / "train.json").read_text())["settings"]["train_pairs"] == len(train)
     again = peer_phonetisaurus.evaluate(train, test, spellings_by_key(splits), tmp_path, config)
     assert again["trained"]["reused"] and again["test"] == result["test"]  # a rerun reuses the model, same scores
+    assert peer_speed(test, tmp_path) > 0  # the comparison times the peer again, in its own run
+    with pytest.raises(SystemExit, match="make peer-p2g"):
+        peer_speed(test, tmp_path / "untrained")
