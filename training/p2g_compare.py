@@ -130,8 +130,9 @@ def peer_speed(pairs, work: Path) -> float:
         raise SystemExit(f"error: {model} missing; run `make peer-p2g` first")
     keys = list(dict.fromkeys(pair.key for pair in pairs))
     _, timing = peer_decode(keys, model, work, tool_environment(), 1, "compare.1best")
-    print(f"phonetisaurus 1-best: {len(keys) / timing['cpu_seconds']:,.0f} words/s")
-    return len(keys) / timing["cpu_seconds"]
+    speed = len(keys) / timing["cpu_seconds"]
+    print(f"phonetisaurus 1-best: {speed:,.0f} words/s")
+    return speed
 
 
 def peer_rows(results: Path, speeds: list[float]) -> list[dict]:

@@ -30,6 +30,7 @@ from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig, sequence_loss
 from training.p2g_teacher import teacher_log_probs
 from training.p2g_transformer import TransformerConfig, TransformerSpeller
+from training.peer_phonetisaurus import boolean
 from training.plots import plot_curves
 
 MODELS = ("attention", "vanilla", "transformer")
@@ -253,7 +254,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--model", choices=sorted(MODELS), default=defaults.model)
     for key, value in asdict(defaults).items():
         if key not in ("model", "name", "data"):
-            kind = (lambda text: text.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
+            kind = boolean if isinstance(value, bool) else type(value)
             flag = {"nargs": "?", "const": True} if isinstance(value, bool) else {}  # `--bf16` or `--bf16=False`
             parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=value, **flag)
     parser.add_argument("--name", default=defaults.name, help="the run's name (default: the model's)")
