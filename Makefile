@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -165,6 +165,10 @@ train-attention-large: $(VENV)/.full ## our speller: the attention LSTM at hidde
 		--batch-size 128 --epochs 40 --label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
 	$(PY) -m training.p2g_report
 
+train-attention-stress: $(VENV)/.full ## ablation of input: the reference attention speller reading stress digits (AE1 vs AE0)
+	$(PY) -m training.train_p2g --model attention --name attention-stress --stress --threads $(THREADS) --resume
+	$(PY) -m training.p2g_report
+
 ATTENTION_DEEP := $(PY) -m training.train_p2g --model attention --hidden 256 --embedding 256 --encoder-layers 2 \
 	--batch-size 128 --epochs 30 --label-smoothing 0.1 --schedule warmup-cosine --threads $(THREADS) --resume
 
@@ -204,6 +208,9 @@ beam-p2g: $(VENV)/.full ## beam widths for the n-best lists, on the validation s
 
 peer-p2g: $(VENV)/.full ## the peer speller (issue #11): Phonetisaurus trained and scored on the same split
 	$(PY) -m training.peer_phonetisaurus
+
+peer-p2g-stress: $(VENV)/.full ## the peer reading stress digits too (the same input as our spellers with --stress)
+	$(PY) -m training.peer_phonetisaurus --stress true
 
 export: export-cnn export-p2g ## export the trained models to exports/, checking ONNX Runtime against PyTorch
 

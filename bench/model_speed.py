@@ -79,7 +79,8 @@ def speller(prefix: Path, pronunciations: list[tuple[str, ...]], threads: int, r
     graphs = SpellerGraphs(prefix, threads)
     meta = graphs.metadata
     index = {symbol: i for i, symbol in enumerate(meta["phonemes"])}
-    words = [[index[s] for s in p] for p in pronunciations if all(s in index for s in p)][:SPELL_BATCH]
+    symbols = [export_metadata.speller_symbols(p, meta["stress"]) for p in pronunciations]
+    words = [[index[s] for s in p] for p in symbols if all(s in index for s in p)][:SPELL_BATCH]
     singles, batch = [pad([w]) for w in words[:SINGLE_WORDS]], pad(words)
     bos, eos, cap = meta["special_tokens"]["bos"], meta["special_tokens"]["eos"], int(meta["max_output_length"])
 

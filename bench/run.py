@@ -30,7 +30,7 @@ QUICK = {"model_repeats": 1, "model_seconds": 0.01, "words": 4, "warmup": 0.1, "
 
 
 def pronunciations(count: int) -> list[tuple[str, ...]]:
-    """`count` CMUdict test-split pronunciations (stress removed), a fixed random sample."""
+    """`count` CMUdict test-split pronunciations (with their stress digits), a fixed random sample."""
     from training.p2g_data import cmudict_splits
 
     return [pair.phonemes for pair in random.Random(0).sample(cmudict_splits()["test"], count)]

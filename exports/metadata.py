@@ -36,6 +36,18 @@ def check(metadata: dict, source: str) -> dict:
     return metadata
 
 
+def strip_stress(symbol: str) -> str:
+    """An ARPAbet symbol without its stress digit: AE1 -> AE."""
+    return symbol.rstrip("012")
+
+
+def speller_symbols(symbols, stress: bool) -> list[str]:
+    """ARPAbet symbols as a speller with this `stress` metadata reads them: upper case, stress digits (0, 1, 2)
+    removed unless the speller reads stress."""
+    upper = [symbol.upper() for symbol in symbols]
+    return upper if stress else [strip_stress(symbol) for symbol in upper]
+
+
 def embed(model, metadata: dict) -> None:
     """Write metadata into an onnx.ModelProto's metadata_props (replacing what was there)."""
     metadata = {"format_version": FORMAT_VERSION, **metadata}

@@ -163,7 +163,9 @@ class SpellRequest(ParsedInput):
 
 
 class SpellResponse(BaseModel):
-    phonemes: list[str] = Field(description="the symbols the model read, upper case, stress removed")
+    phonemes: list[str] = Field(
+        description="the symbols the model read: upper case, stress digits removed unless it reads stress"
+    )
     model: str
     decoding: str
     spellings: list[str] = Field(description="n spellings: in the order drawn (nucleus), best first (beam)")

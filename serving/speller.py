@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from exports import decoding
-from exports.metadata import MetadataError
+from exports.metadata import MetadataError, speller_symbols
 from exports.runtime import SpellerGraphs
 from serving.errors import InputError
 
@@ -50,13 +50,14 @@ class Speller:
             )
 
     def parse(self, phonemes: str | list[str]) -> list[str]:
-        """ARPAbet symbols, separated by spaces or as a list; case-insensitive; stress digits dropped."""
+        """ARPAbet symbols, separated by spaces or as a list; case-insensitive; stress digits dropped unless the
+        model reads stress."""
         symbols = phonemes.split() if isinstance(phonemes, str) else [s.strip() for s in phonemes]
         if not symbols or any(not s for s in symbols):
             raise InputError("field 'phonemes' is empty" if not symbols else "field 'phonemes' has an empty symbol")
         if len(symbols) > self.max_input_length:
             raise InputError(f"field 'phonemes' has {len(symbols)} symbols, over the limit of {self.max_input_length}")
-        normalized = [s.upper() if self.metadata["stress"] else s.upper().rstrip("012") for s in symbols]
+        normalized = speller_symbols(symbols, self.metadata["stress"])
         unknown = sorted({raw for raw, s in zip(symbols, normalized) if s not in self.index})
         if unknown:
             raise InputError(f"field 'phonemes' has unknown ARPAbet symbols: {', '.join(unknown)}")

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from exports import EXPORTS_DIR, decoding
+from exports.metadata import speller_symbols
 from exports.runtime import SpellerGraphs, speller_prefixes
 from training.p2g_compare import EVALUATION_BATCH
-from training.p2g_data import Vocab, cmudict_splits, spellings_by_key, split_of, tsv_splits
+from training.p2g_data import Vocab, batches, cmudict_splits, spellings_by_key, split_of, tsv_splits
 from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig, sequence_loss
 from training.p2g_teacher import teacher_log_probs
@@ -45,10 +46,42 @@ def test_tsv_lexicon(tmp_path):
     }.items():
         (tmp_path / split).write_text(text)
     loaded = tsv_splits(tmp_path)
-    assert loaded["train"][1].phonemes == ("D", "AO", "G") and loaded["train"][1].word == "dog"
+    assert loaded["train"][1].phonemes == ("D", "AO1", "G") and loaded["train"][1].word == "dog"
+    assert loaded["train"][1].key == "D AO G"
     (tmp_path / "test").write_text("no tab here\n")
     with pytest.raises(ValueError, match="test:1"):
         tsv_splits(tmp_path)
+
+
+def test_stress_vocabulary(splits, vocab):
+    """A speller reads stress only when asked: then each vowel has its stressed forms and a bare one."""
+    cat = next(p for p in splits["train"] if p.word == "cat")
+    assert cat.phonemes == ("K", "AE1", "T") and cat.key == "K AE T"
+    assert cat.without_stress().phonemes == ("K", "AE", "T")
+    assert speller_symbols(["k", "ae1", "T"], stress=False) == ["K", "AE", "T"]
+    assert speller_symbols(["k", "ae1", "T"], stress=True) == ["K", "AE1", "T"]
+    assert not vocab.stress and not any(s[-1].isdigit() for s in vocab.phonemes)
+    assert vocab.encode_phonemes(cat.phonemes) == vocab.encode_phonemes(("k", "ae", "t"))
+    stressed = Vocab.from_pairs([p for pairs in splits.values() for p in pairs], stress=True)
+    assert {"AE", "AE0", "AE1", "AE2", "K"} <= set(stressed.phonemes) and "K1" not in stressed.phonemes
+    assert len({tuple(stressed.encode_phonemes(s)) for s in [("AE1",), ("AE0",), ("AE",)]}) == 3
+    assert stressed.encode_phonemes(cat.phonemes) != stressed.encode_phonemes(cat.without_stress().phonemes)
+
+
+def test_stress_dropout(splits):
+    """With stress_dropout, about that share of the training words comes bare; without it, none."""
+    pairs = splits["train"][:2000]
+    stressed = Vocab.from_pairs(pairs, stress=True)
+    vowels = {s.rstrip("012") for s in stressed.phonemes if s[-1].isdigit()}
+
+    def bare_share(dropout):
+        words = [[stressed.phonemes[i] for i in row if i]
+                 for _, ids, _ in batches(pairs, stressed, 64, torch.Generator().manual_seed(0), dropout)
+                 for row in ids.tolist()]  # fmt: skip
+        return np.mean([any(s in vowels for s in word) for word in words])
+
+    assert bare_share(0.0) == 0
+    assert 0.2 < bare_share(0.25) < 0.3
 
 
 @pytest.mark.parametrize(("attention", "expected"), [(True, 663_070), (False, 474_910)])
@@ -335,7 +368,7 @@ def test_committed_speller_reproduces_its_test_metrics(name, splits):
         chunk = pairs[start : start + EVALUATION_BATCH]
         batch = np.zeros((len(chunk), max(len(p.phonemes) for p in chunk)), dtype=np.int64)
         for row, pair in enumerate(chunk):
-            batch[row, : len(pair.phonemes)] = [index[s] for s in pair.phonemes]
+            batch[row, : len(pair.phonemes)] = [index[s] for s in speller_symbols(pair.phonemes, meta["stress"])]
         sequences, _ = decoding.greedy(graphs.step, graphs.initial_state(batch), bos, eos, meta["max_output_length"])
         words += ["".join(meta["graphemes"][t] for t in s) for s in sequences]
     rates = error_rates([p.word for p in pairs], words, [p.key for p in pairs], spellings_by_key(splits))
@@ -432,7 +465,7 @@ def test_an_ensemble_export_is_the_mean_probability_of_its_members(tmp_path, spl
     pairs = splits["valid"][:200]
     ids = np.zeros((len(pairs), max(len(p.phonemes) for p in pairs)), dtype=np.int64)
     for row, pair in enumerate(pairs):
-        ids[row, : len(pair.phonemes)] = [index[s] for s in pair.phonemes]
+        ids[row, : len(pair.phonemes)] = [index[s] for s in speller_symbols(pair.phonemes, meta["stress"])]
     bos, eos, cap = meta["special_tokens"]["bos"], meta["special_tokens"]["eos"], meta["max_output_length"]
     from_graphs, _ = decoding.greedy(ensemble.step, ensemble.initial_state(ids), bos, eos, cap)
     from_numpy, _ = decoding.greedy(step, initial_state(ids), bos, eos, cap)
@@ -461,6 +494,10 @@ def test_results_table_shows_an_ensemble_by_its_members():
     ensemble = {"name": "ab", "params": 20, "test": test, "members": ["a", "b"]}
     rows = table([trained, ensemble]).splitlines()
     assert rows[2].endswith("| 3/5 | 10 min |") and rows[4].endswith("| - | ensemble of a + b |"), rows
+    bare = {"cer": 0.2, "wer": 0.6, "homophone_wer": 0.5}
+    rows = table([trained | {"test_without_stress": bare}]).splitlines()
+    assert len(rows) == 5
+    assert rows[4].startswith("| a | | greedy, input without stress digits | 0.2000 | 0.6000 | 0.5000 |")
 
 
 def test_length_batches_cover_every_word_once_shortest_first():

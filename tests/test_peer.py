@@ -34,3 +34,19 @@ def test_tiny_lexicon_trains_decodes_and_scores(tmp_path):
     assert peer_speed(test, tmp_path) > 0  # the comparison times the peer again, in its own run
     with pytest.raises(SystemExit, match="make peer-p2g"):
         peer_speed(test, tmp_path / "untrained")
+
+
+@pytest.mark.slow
+def test_stress_reads_the_digits(tmp_path):
+    """With stress, the tool learns and spells stressed pronunciations; metrics still key homophones without stress."""
+    splits = cmudict_splits()
+    train, test = splits["train"][::400], splits["test"][::220]
+    config = peer_phonetisaurus.Config(stress=True)
+    result = peer_phonetisaurus.evaluate(train, test, spellings_by_key(splits), tmp_path, config)
+    first = (tmp_path / "train.lexicon").read_text().splitlines()[0]
+    assert first == f"{' '.join(train[0].phonemes)}\t{' '.join(train[0].word)}" and any(c.isdigit() for c in first)
+    assert (tmp_path / "test.1best.input").read_text().splitlines() == list(
+        dict.fromkeys(" ".join(p.phonemes) for p in test)
+    )
+    assert result["speed_1best"]["pronunciations"] == len({" ".join(p.phonemes) for p in test})
+    assert all(0 <= value <= 1 for value in result["test"].values()) and result["checks"]["unspelled_1best"] == 0

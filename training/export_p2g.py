@@ -105,7 +105,7 @@ def export_model(run_dir: Path, results_dir: Path, prefix: Path) -> dict:
         "graphemes": list(vocab.graphemes),
         "special_tokens": {"pad": vocab.graphemes.index(PAD), "bos": vocab.graphemes.index(BOS),
                            "eos": vocab.graphemes.index(EOS), "phoneme_pad": 0},
-        "stress": False,
+        "stress": vocab.stress,
         "max_input_length": MAX_INPUT_LENGTH,
         "max_output_length": config.max_output_length,
         "params": metrics["params"],

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from exports import EXPORTS_DIR, decoding
+from exports.metadata import speller_symbols
 from exports.runtime import SpellerGraphs, speller_prefixes
 from training.p2g_data import load_splits, pad, spellings_by_key
 from training.p2g_metrics import error_rates, wer_at_k
@@ -51,7 +52,7 @@ def decode_split(
         else [np.arange(start, min(start + batch, len(pairs))) for start in range(0, len(pairs), batch)]
     )
     for rows in chunks:
-        ids = pad([[index[s] for s in pairs[row].phonemes] for row in rows]).numpy()
+        ids = pad([[index[s] for s in speller_symbols(pairs[row].phonemes, meta["stress"])] for row in rows]).numpy()
         began = time.process_time()
         state = graphs.initial_state(ids)
         if method == "greedy":

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from exports.metadata import speller_symbols, strip_stress
+
 SPLITS = ("train", "valid", "test")
 WORD_PATTERN = re.compile(r"^[a-z']+$")
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
@@ -18,16 +20,16 @@ PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
 @dataclass(frozen=True)
 class Pair:
-    phonemes: tuple[str, ...]  # stress digits removed
+    phonemes: tuple[str, ...]  # as the lexicon gives them, stress digits included (CMUdict: AE1)
     word: str
 
     @property
     def key(self) -> str:
-        return " ".join(self.phonemes)
+        """The pronunciation without stress digits, symbols joined by one space (the contract's split key)."""
+        return " ".join(strip_stress(s) for s in self.phonemes)
 
-
-def strip_stress(symbol: str) -> str:
-    return symbol.rstrip("012")
+    def without_stress(self) -> Pair:
+        return Pair(tuple(strip_stress(s) for s in self.phonemes), self.word)
 
 
 def split_of(key: str) -> str:
@@ -43,7 +45,7 @@ def cmudict_splits() -> dict[str, list[Pair]]:
     for word, pronunciations in cmudict.dict().items():
         if WORD_PATTERN.match(word):
             for pronunciation in pronunciations:
-                pair = Pair(tuple(strip_stress(s) for s in pronunciation), word)
+                pair = Pair(tuple(pronunciation), word)
                 splits[split_of(pair.key)].append(pair)
     return splits
 
@@ -65,7 +67,7 @@ def tsv_splits(folder: str | Path) -> dict[str, list[Pair]]:
             fields = line.split("\t")
             if len(fields) != 2 or not fields[0].split() or not fields[1].strip():
                 raise ValueError(f"{path}:{number}: expected `phonemes<TAB>word`, got {line!r}")
-            pairs.append(Pair(tuple(strip_stress(s) for s in fields[0].upper().split()), fields[1].strip().lower()))
+            pairs.append(Pair(tuple(fields[0].upper().split()), fields[1].strip().lower()))
         splits[split] = pairs
     return splits
 
@@ -85,16 +87,22 @@ def spellings_by_key(splits: dict[str, list[Pair]]) -> dict[str, set[str]]:
 
 @dataclass(frozen=True)
 class Vocab:
-    """Symbol tables of a lexicon (all its splits: symbols only, so nothing of the test words leaks)."""
+    """Symbol tables of a lexicon (all its splits: symbols only, so nothing of the test words leaks).
+
+    Without `stress`, phonemes are read without their stress digits; with it, the table holds each vowel with
+    every stress digit the lexicon has and also bare (AE0, AE1, AE2, AE), so input without digits spells too.
+    """
 
     phonemes: tuple[str, ...]  # index 0 is PAD
     graphemes: tuple[str, ...]  # PAD, BOS, EOS, then characters
+    stress: bool = False
 
     @classmethod
-    def from_pairs(cls, pairs: list[Pair]) -> Vocab:
-        phonemes = sorted({s for p in pairs for s in p.phonemes})
+    def from_pairs(cls, pairs: list[Pair], stress: bool = False) -> Vocab:
+        bare = {strip_stress(s) for p in pairs for s in p.phonemes}
+        phonemes = sorted((bare | {s for p in pairs for s in p.phonemes}) if stress else bare)
         graphemes = sorted({c for p in pairs for c in p.word})
-        return cls((PAD, *phonemes), (PAD, BOS, EOS, *graphemes))
+        return cls((PAD, *phonemes), (PAD, BOS, EOS, *graphemes), stress)
 
     @cached_property
     def phoneme_index(self) -> dict[str, int]:
@@ -105,7 +113,7 @@ class Vocab:
         return {s: i for i, s in enumerate(self.graphemes)}
 
     def encode_phonemes(self, phonemes) -> list[int]:
-        return [self.phoneme_index[s] for s in phonemes]
+        return [self.phoneme_index[s] for s in speller_symbols(phonemes, self.stress)]
 
     def encode_word(self, word: str) -> list[int]:
         index = self.grapheme_index
@@ -122,9 +130,16 @@ def pad(sequences: list[list[int]]) -> torch.Tensor:
     return out
 
 
-def batches(pairs: list[Pair], vocab: Vocab, batch_size: int, generator: torch.Generator | None = None):
+def batches(
+    pairs: list[Pair],
+    vocab: Vocab,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    stress_dropout: float = 0.0,
+):
     """(indices, phonemes [B, T], targets [B, L]) batches of similar lengths, in shuffled order when a generator
-    is given; `indices` are the batch's positions in `pairs`.
+    is given; `indices` are the batch's positions in `pairs`. With a generator and stress_dropout, that share
+    of the words comes without stress digits (for a vocabulary that reads stress, so it learns bare input too).
 
     Pairs are sorted by length within chunks of 50 batches, so padding stays small while order stays random.
     """
@@ -138,6 +153,9 @@ def batches(pairs: list[Pair], vocab: Vocab, batch_size: int, generator: torch.G
         groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
     for group in groups:
         chosen = [pairs[i] for i in group]
+        if generator and stress_dropout:
+            drop = (torch.rand(len(chosen), generator=generator) < stress_dropout).tolist()
+            chosen = [p.without_stress() if d else p for p, d in zip(chosen, drop)]
         yield (
             group,
             pad([vocab.encode_phonemes(p.phonemes) for p in chosen]),

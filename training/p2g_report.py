@@ -32,6 +32,11 @@ def table(metrics: list[dict]) -> str:
         rows.append(
             f"| {m['name']} | | nucleus (top_p 0.8) | | {t['wer@1']:.4f} | | {t['wer@3']:.4f} | {t['wer@5']:.4f} | | |"
         )
+        if bare := m.get("test_without_stress"):  # a speller reading stress, given input without it
+            rows.append(
+                f"| {m['name']} | | greedy, input without stress digits | {bare['cer']:.4f} | {bare['wer']:.4f} "
+                f"| {bare['homophone_wer']:.4f} | - | - | | |"
+            )
     return "\n".join(rows) + "\n"
 
 

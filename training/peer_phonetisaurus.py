@@ -2,13 +2,15 @@
 
 python -m training.peer_phonetisaurus             # trains once into runs/peer/phonetisaurus/, scores the test split
 python -m training.peer_phonetisaurus --retrain   # trains again even if a model of the same settings exists
+python -m training.peer_phonetisaurus --stress true  # reads stress digits: runs/peer/phonetisaurus-stress/, ...
 
-Phoneme-to-grapheme direction: the input side (Phonetisaurus' seq1) is the pronunciation without stress digits,
-the output side (seq2) the letters. Training is the tool's own recipe, run step by step with its bundled binaries
-(pip install -r requirements/peer.txt): phonetisaurus-align (many-to-many EM alignment, 1-2 phonemes to 1-4
-letters), estimate-ngram (a joint 8-gram, modified Kneser-Ney) and phonetisaurus-arpa2wfst; decoding is
-phonetisaurus-g2pfst, 1-best and n-best. Metrics are training.p2g_metrics, as for the neural spellers.
-Writes results/p2g/phonetisaurus/metrics.json and prints a one-line summary.
+Phoneme-to-grapheme direction: the input side (Phonetisaurus' seq1) is the pronunciation without stress
+digits (with them: --stress true), the output side (seq2) the letters. Training is the tool's own recipe,
+run step by step with its bundled binaries (pip install -r requirements/peer.txt): phonetisaurus-align
+(many-to-many EM alignment, 1-2 phonemes to 1-4 letters), estimate-ngram (a joint 8-gram, modified
+Kneser-Ney) and phonetisaurus-arpa2wfst; decoding is phonetisaurus-g2pfst, 1-best and n-best. Metrics are
+training.p2g_metrics, as for the neural spellers. Writes results/p2g/NAME/metrics.json (NAME phonetisaurus,
+or phonetisaurus-stress) and prints a one-line summary.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Config:
     seq2_del: bool = True  # a phoneme chunk may spell no letter
     order: int = 8  # joint n-gram order
     nbest: int = 5  # n-best list length for WER@k
+    stress: bool = False  # read stress digits (AE1, AE0) as distinct phonemes
 
 
 def tool_environment() -> dict[str, str]:
@@ -70,9 +73,14 @@ def run(command: list[str], env: dict[str, str], log: Path) -> tuple[str, dict]:
     return result.stdout, {"command": shlex.join(command), "wall_seconds": wall, "cpu_seconds": cpu}
 
 
-def write_lexicon(pairs: list[Pair], path: Path) -> str:
+def pronunciation(pair: Pair, stress: bool) -> str:
+    """The tool's input for a pair: its phonemes joined by spaces, stress digits kept only with `stress`."""
+    return " ".join(pair.phonemes) if stress else pair.key
+
+
+def write_lexicon(pairs: list[Pair], path: Path, stress: bool) -> str:
     """One `phonemes<TAB>l e t t e r s` line per pair (space-delimited on both sides); returns its sha1."""
-    text = "".join(f"{pair.key}\t{' '.join(pair.word)}\n" for pair in pairs)
+    text = "".join(f"{pronunciation(pair, stress)}\t{' '.join(pair.word)}\n" for pair in pairs)
     path.write_text(text)
     return hashlib.sha1(text.encode()).hexdigest()
 
@@ -82,7 +90,8 @@ def train(pairs: list[Pair], work: Path, config: Config, env: dict[str, str], re
     work.mkdir(parents=True, exist_ok=True)
     lexicon, corpus = work / "train.lexicon", work / "train.corpus"
     arpa, model = work / "model.arpa", work / "model.fst"
-    settings = {**asdict(config), "lexicon_sha1": write_lexicon(pairs, lexicon), "train_pairs": len(pairs)}
+    sha1 = write_lexicon(pairs, lexicon, config.stress)
+    settings = {**asdict(config), "lexicon_sha1": sha1, "train_pairs": len(pairs)}
     settings.pop("nbest")
     record = work / "train.json"
     if not retrain and model.is_file() and record.is_file():
@@ -158,14 +167,16 @@ def evaluate(
     env = tool_environment()
     trained = train(train_pairs, work, config, env, retrain)
     model = work / "model.fst"
-    keys = list(dict.fromkeys(pair.key for pair in test_pairs))  # each pronunciation once; homophones share it
+    # each pronunciation once (homophones share it)
+    inputs = [pronunciation(pair, config.stress) for pair in test_pairs]
+    keys = list(dict.fromkeys(inputs))
     _, startup = decode(keys[:1], model, work, env, 1, "startup")
     best, timing = decode(keys, model, work, env, 1, "test.1best")
     listed, nbest_timing = decode(keys, model, work, env, config.nbest, f"test.{config.nbest}best")
-    words, pair_keys = [p.word for p in test_pairs], [p.key for p in test_pairs]
-    predictions = [best.get(key, [""])[0] for key in pair_keys]
-    options = [distinct(listed.get(key, [])) for key in pair_keys]
-    test = error_rates(words, predictions, pair_keys, spellings)
+    words = [p.word for p in test_pairs]
+    predictions = [best.get(key, [""])[0] for key in inputs]
+    options = [distinct(listed.get(key, [])) for key in inputs]
+    test = error_rates(words, predictions, [p.key for p in test_pairs], spellings)
     test |= {f"nbest_wer@{k}": wer_at_k(words, options, k) for k in (1, 3, 5) if k <= config.nbest}
     n = len(keys)
     speed = {
@@ -197,7 +208,7 @@ def summary(metrics: dict) -> str:
     t, s, tr = metrics["test"], metrics["speed_1best"], metrics["train"]
     nbest = "  ".join(f"{k} {v:.4f}" for k, v in t.items() if k.startswith("nbest_wer@") and not k.endswith("@1"))
     return (
-        f"phonetisaurus test: CER {t['cer']:.4f}  WER {t['wer']:.4f}  homophone WER {t['homophone_wer']:.4f}  "
+        f"{metrics['name']} test: CER {t['cer']:.4f}  WER {t['wer']:.4f}  homophone WER {t['homophone_wer']:.4f}  "
         f"{nbest}  1-best {s['words_per_second_cpu']:,.0f} words/s per CPU-second "
         f"({s['words_per_second_wall']:,.0f} wall, with process start)  "
         f"train {tr['wall_seconds'] / 60:.1f} min wall, {tr['cpu_seconds'] / 60:.1f} min CPU"
@@ -218,11 +229,15 @@ def parse_args(argv: list[str] | None = None):
         kind = boolean if isinstance(value, bool) else type(value)
         parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=value, help=f"default {value}")
     parser.add_argument("--data", default="cmudict", help="'cmudict' or a folder with train, valid, test TSVs")
-    parser.add_argument("--work", default="runs/peer/phonetisaurus", help="lexicon, corpus, ARPA, model, logs")
-    parser.add_argument("--results", default="results/p2g/phonetisaurus")
+    parser.add_argument("--work", help="lexicon, corpus, ARPA, model, logs (default runs/peer/NAME)")
+    parser.add_argument("--results", help="where metrics.json goes (default results/p2g/NAME)")
     parser.add_argument("--retrain", action="store_true", help="train even if a model of these settings exists")
     args = parser.parse_args(argv)
-    return Config(**{k: getattr(args, k) for k in asdict(defaults)}), args
+    config = Config(**{k: getattr(args, k) for k in asdict(defaults)})
+    args.name = "phonetisaurus-stress" if config.stress else "phonetisaurus"
+    args.work = args.work or f"runs/peer/{args.name}"
+    args.results = args.results or f"results/p2g/{args.name}"
+    return config, args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
 
     trained = result.pop("trained")
     metrics = {
-        "name": "phonetisaurus",
+        "name": args.name,
         "kind": "peer",
         "tool": f"phonetisaurus {version('phonetisaurus')} (PyPI, bundled binaries)",
         "config": asdict(config) | {"data": args.data},

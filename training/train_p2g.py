@@ -59,6 +59,8 @@ class Config:
     teacher: str = ""  # a speller in exports/ (e.g. attention-ensemble): distil its next-character distributions
     distill: float = 0.0  # the share of the loss that goes to the teacher's distributions instead of the gold
     bf16: bool = False  # forward under CPU autocast to bfloat16 (AMX); weights, optimizer, evaluation stay fp32
+    stress: bool = False  # read stress digits (AE1 and AE0 differ); without them, every vowel is read bare
+    stress_dropout: float = 0.25  # with stress: the share of training words shown bare, so bare input spells too
     seed: int = 0
     data: str = "cmudict"
     threads: int = 2
@@ -147,7 +149,7 @@ def train_epoch(model, optimizer, schedule, pairs, vocab, config: Config, genera
     total, count = 0.0, 0
     steps = (len(pairs) + config.batch_size - 1) // config.batch_size
     bar = tqdm(
-        batches(pairs, vocab, config.batch_size, generator),
+        batches(pairs, vocab, config.batch_size, generator, config.stress_dropout if config.stress else 0.0),
         total=steps,
         desc=desc,
         leave=False,
@@ -177,7 +179,7 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
     torch.set_num_threads(config.threads)
     splits = load_splits(config.data)
     spellings = spellings_by_key(splits)
-    vocab = Vocab.from_pairs([p for pairs in splits.values() for p in pairs])
+    vocab = Vocab.from_pairs([p for pairs in splits.values() for p in pairs], config.stress)
     model = build(config, vocab)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     name = run_name(config)
@@ -227,6 +229,9 @@ def train(config: Config, run_dir: Path, results_dir: Path, resume: bool) -> dic
         "train_command": "python -m training.train_p2g " + shlex.join(config_args(config)),
         "history": history,
     }
+    if config.stress:  # the same speller given input without stress digits
+        bare = [p.without_stress() for p in splits["test"]]
+        metrics["test_without_stress"] = evaluate(model, vocab, bare, spellings, config)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_curves(
