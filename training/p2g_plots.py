@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exports.metadata import speller_symbols
 from training.p2g_data import BOS, EOS, Pair, Vocab
 from training.plots import plt
 
@@ -32,7 +33,8 @@ def attention_heatmaps(model, vocab: Vocab, pairs: list[Pair], max_len: int, pat
     for ax, pair in zip(axes.flat, pairs):
         spelled, weights = greedy_with_attention(model, vocab, pair, max_len)
         ax.imshow(weights, cmap="viridis", aspect="auto", vmin=0, vmax=1)
-        ax.set_xticks(range(len(pair.phonemes)), pair.phonemes, rotation=90, fontsize=8)
+        read = speller_symbols(pair.phonemes, vocab.stress)  # the symbols as the model read them
+        ax.set_xticks(range(len(read)), read, rotation=90, fontsize=8)
         ax.set_yticks(range(len(weights)), [*spelled, EOS], fontsize=8)
         ax.set_title(f"{pair.word} -> {spelled}", fontsize=9)
     fig.tight_layout()
