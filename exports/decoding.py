@@ -71,8 +71,10 @@ def _decode(step: Step, state: State, bos: int, eos: int, max_len: int, choose: 
             sequences[row].append(int(token))
         if not going.any():
             break
-        alive, tokens = alive[going], chosen[going]
-        state = {name: value[going] for name, value in state.items()}
+        tokens = chosen[going]
+        if not going.all():  # copy the state only when some word has ended (most steps, none has)
+            alive = alive[going]
+            state = {name: value[going] for name, value in state.items()}
     return sequences, scores
 
 
@@ -138,7 +140,11 @@ def beam_search(
     finished: list[list[tuple[float, float, list[int]]]] = [[] for _ in range(words)]
     done = np.zeros(words, dtype=bool)
     for _ in range(max_len):
-        log_probs, state = step(tokens, state)
+        log_probs, stepped = step(tokens, state)
+        # a tensor the step passed through as it was (the encoder's memory, say) is the same in every hypothesis
+        # of a word, so reordering hypotheses within words leaves it as it is: only the others are reordered
+        changed = [name for name, value in stepped.items() if value is not state.get(name)]
+        state = stepped
         vocab = log_probs.shape[1]
         totals = (scores.reshape(-1, 1) + log_probs).reshape(words, k * vocab)
         candidates = np.argsort(-totals, axis=1, kind="stable")[:, : 2 * k]
@@ -166,7 +172,7 @@ def beam_search(
             break
         rows = (np.arange(words)[:, None] * k + parents).reshape(-1)
         prefixes = [prefixes[r] + [int(t)] for r, t in zip(rows, next_tokens.reshape(-1))]
-        state = {name: value[rows] for name, value in state.items()}
+        state = {**state, **{name: state[name][rows] for name in changed}}
         tokens, scores = next_tokens.reshape(-1), np.where(done[:, None], -np.inf, next_scores)
     results, result_scores = [], []
     for w in range(words):

@@ -431,6 +431,28 @@ def test_beam_n_best_are_distinct_and_ranked():
         assert normalized == sorted(normalized, reverse=True)
 
 
+def test_beam_reorders_only_the_state_a_step_changed(splits):
+    """Beam search leaves in place the tensors a step passed through (the encoder's memory, the same in every
+    hypothesis of a word): the same n-best lists and scores as when every tensor comes back as a new copy."""
+    graphs = SpellerGraphs(EXPORTS_DIR / "p2g-attention", threads=2)
+    meta = graphs.metadata
+    index = {s: i for i, s in enumerate(meta["phonemes"])}
+    pairs = splits["valid"][:48]
+    ids = np.zeros((len(pairs), max(len(p.phonemes) for p in pairs)), dtype=np.int64)
+    for row, pair in enumerate(pairs):
+        ids[row, : len(pair.phonemes)] = [index[s] for s in speller_symbols(pair.phonemes, meta["stress"])]
+
+    def copying_step(tokens, state):
+        log_probs, stepped = graphs.step(tokens, state)
+        return log_probs, {name: value.copy() for name, value in stepped.items()}
+
+    bos, eos, cap = meta["special_tokens"]["bos"], meta["special_tokens"]["eos"], meta["max_output_length"]
+    runs = [decoding.beam_search(step, graphs.initial_state(ids), bos, eos, cap, 8, 3)
+            for step in (graphs.step, copying_step)]  # fmt: skip
+    assert runs[0][0] == runs[1][0] and np.allclose(runs[0][1], runs[1][1])
+    assert len({tuple(w[0]) for w in runs[0][0]}) > 20  # real, varied spellings
+
+
 def test_an_ensemble_export_is_the_mean_probability_of_its_members(tmp_path, splits):
     """The ensemble graphs of two committed spellers against the same ensemble computed in numpy from the members'
     own graphs: equal log-probabilities at several batch sizes and lengths, and the same greedy spellings."""
