@@ -59,10 +59,21 @@ class SpellerGraphs:
         self.encoder = load_session(self.encoder_path, threads)
         self.decoder = load_session(self.decoder_path, threads)
         self.metadata = export_metadata.from_session(self.encoder, str(self.encoder_path))
+        self.phoneme_index = {symbol: i for i, symbol in enumerate(self.metadata["phonemes"])}
         self.encoder_outputs = [o.name for o in self.encoder.get_outputs()]
         self.decoder_inputs = [i.name for i in self.decoder.get_inputs() if i.name != "token"]
         self.decoder_outputs = [o.name for o in self.decoder.get_outputs()]
         self.updates = [name for name in self.decoder_outputs if name.endswith(NEXT_SUFFIX)]
+
+    def phoneme_ids(self, pronunciations) -> np.ndarray:
+        """Pronunciations (a sequence of ARPAbet symbols each) as the encoder's input, int64 [B, T], 0 = padding;
+        symbols are read as the metadata's `stress` says (`exports.metadata.speller_symbols`)."""
+        stress = self.metadata["stress"]
+        rows = [[self.phoneme_index[s] for s in export_metadata.speller_symbols(p, stress)] for p in pronunciations]
+        ids = np.zeros((len(rows), max(map(len, rows))), dtype=np.int64)
+        for row, symbols in enumerate(rows):
+            ids[row, : len(symbols)] = symbols
+        return ids
 
     def initial_state(self, phoneme_ids: np.ndarray) -> State:
         """phoneme_ids int64 [B, T], 0 = padding."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from exports import EXPORTS_DIR, decoding
-from exports.metadata import speller_symbols
+from exports.metadata import speller_symbols, strip_stress
 from exports.runtime import SpellerGraphs, speller_prefixes
 from training.p2g_compare import EVALUATION_BATCH
 from training.p2g_data import Vocab, batches, cmudict_splits, spellings_by_key, split_of, tsv_splits
@@ -72,7 +72,7 @@ def test_stress_dropout(splits):
     """With stress_dropout, about that share of the training words comes bare; without it, none."""
     pairs = splits["train"][:2000]
     stressed = Vocab.from_pairs(pairs, stress=True)
-    vowels = {s.rstrip("012") for s in stressed.phonemes if s[-1].isdigit()}
+    vowels = {strip_stress(s) for s in stressed.phonemes if s[-1].isdigit()}
 
     def bare_share(dropout):
         words = [[stressed.phonemes[i] for i in row if i]
@@ -359,16 +359,12 @@ def test_committed_speller_reproduces_its_test_metrics(name, splits):
     """Greedy decoding of the whole test split through ONNX Runtime gives the CER and WER in the metadata."""
     graphs = SpellerGraphs(EXPORTS_DIR / f"p2g-{name}", threads=2)
     meta = graphs.metadata
-    index = {s: i for i, s in enumerate(meta["phonemes"])}
     bos, eos = meta["special_tokens"]["bos"], meta["special_tokens"]["eos"]
     pairs, words = splits["test"], []
     # in the chunks the metrics were computed in: an int8 copy quantizes activations per batch, so its
     # spelling of a word may depend on the other words of the batch
     for start in range(0, len(pairs), EVALUATION_BATCH):
-        chunk = pairs[start : start + EVALUATION_BATCH]
-        batch = np.zeros((len(chunk), max(len(p.phonemes) for p in chunk)), dtype=np.int64)
-        for row, pair in enumerate(chunk):
-            batch[row, : len(pair.phonemes)] = [index[s] for s in speller_symbols(pair.phonemes, meta["stress"])]
+        batch = graphs.phoneme_ids([p.phonemes for p in pairs[start : start + EVALUATION_BATCH]])
         sequences, _ = decoding.greedy(graphs.step, graphs.initial_state(batch), bos, eos, meta["max_output_length"])
         words += ["".join(meta["graphemes"][t] for t in s) for s in sequences]
     rates = error_rates([p.word for p in pairs], words, [p.key for p in pairs], spellings_by_key(splits))
@@ -436,11 +432,7 @@ def test_beam_reorders_only_the_state_a_step_changed(splits):
     hypothesis of a word): the same n-best lists and scores as when every tensor comes back as a new copy."""
     graphs = SpellerGraphs(EXPORTS_DIR / "p2g-attention", threads=2)
     meta = graphs.metadata
-    index = {s: i for i, s in enumerate(meta["phonemes"])}
-    pairs = splits["valid"][:48]
-    ids = np.zeros((len(pairs), max(len(p.phonemes) for p in pairs)), dtype=np.int64)
-    for row, pair in enumerate(pairs):
-        ids[row, : len(pair.phonemes)] = [index[s] for s in speller_symbols(pair.phonemes, meta["stress"])]
+    ids = graphs.phoneme_ids([p.phonemes for p in splits["valid"][:48]])
 
     def copying_step(tokens, state):
         log_probs, stepped = graphs.step(tokens, state)
@@ -483,11 +475,7 @@ def test_an_ensemble_export_is_the_mean_probability_of_its_members(tmp_path, spl
         assert np.abs(graph_log_probs - numpy_log_probs).max() < 1e-5
         assert np.allclose(np.exp(graph_log_probs).sum(1), 1, atol=1e-5)
         assert all(np.abs(graph_state[k] - numpy_state[k]).max() < 1e-5 for k in numpy_state)
-    index = {s: i for i, s in enumerate(meta["phonemes"])}
-    pairs = splits["valid"][:200]
-    ids = np.zeros((len(pairs), max(len(p.phonemes) for p in pairs)), dtype=np.int64)
-    for row, pair in enumerate(pairs):
-        ids[row, : len(pair.phonemes)] = [index[s] for s in speller_symbols(pair.phonemes, meta["stress"])]
+    ids = members[0].phoneme_ids([p.phonemes for p in splits["valid"][:200]])
     bos, eos, cap = meta["special_tokens"]["bos"], meta["special_tokens"]["eos"], meta["max_output_length"]
     from_graphs, _ = decoding.greedy(ensemble.step, ensemble.initial_state(ids), bos, eos, cap)
     from_numpy, _ = decoding.greedy(step, initial_state(ids), bos, eos, cap)

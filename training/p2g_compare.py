@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from exports import EXPORTS_DIR, decoding
-from exports.metadata import speller_symbols
 from exports.runtime import SpellerGraphs, speller_prefixes
-from training.p2g_data import load_splits, pad, spellings_by_key
+from training.p2g_data import load_splits, spellings_by_key
 from training.p2g_metrics import error_rates, wer_at_k
 from training.peer_phonetisaurus import decode as peer_decode
 from training.peer_phonetisaurus import tool_environment
@@ -42,7 +41,6 @@ def decode_split(
     taken. Words are decoded in batches of similar length, as a batch service would; with by_length False,
     in consecutive chunks as training evaluates them (each chunk's nucleus seed is its first row's index)."""
     meta = graphs.metadata
-    index = {s: i for i, s in enumerate(meta["phonemes"])}
     bos, eos, cap = meta["special_tokens"]["bos"], meta["special_tokens"]["eos"], meta["max_output_length"]
     word = lambda tokens: "".join(meta["graphemes"][t] for t in tokens)  # noqa: E731
     results, seconds = [None] * len(pairs), 0.0
@@ -52,7 +50,7 @@ def decode_split(
         else [np.arange(start, min(start + batch, len(pairs))) for start in range(0, len(pairs), batch)]
     )
     for rows in chunks:
-        ids = pad([[index[s] for s in speller_symbols(pairs[row].phonemes, meta["stress"])] for row in rows]).numpy()
+        ids = graphs.phoneme_ids([pairs[row].phonemes for row in rows])
         began = time.process_time()
         state = graphs.initial_state(ids)
         if method == "greedy":
