@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 train-resnet-half-hires-sam ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -134,6 +134,11 @@ train-resnet-half-hires-bf16: ## ablation of precision: `resnet-half-hires` trai
 train-resnet-narrow-hires-bf16: ## `resnet-narrow` with its first stage at 48x48, in bfloat16 (89 min on 1 thread)
 train-resnet-hires-bf16: ## `resnet` with its first stage at 48x48, in bfloat16 (about 65 min on 2 threads)
 
+train-resnet-half-hires-sam: $(VENV)/.full ## ablation of the optimizer: `resnet-half-hires-bf16` with sharpness-aware minimisation (rho 0.05, two passes a step)
+	$(need_data)
+	$(RESNET) --network resnet-half-hires --augment flip-crop --bf16 --sam 0.05 --name resnet-half-hires-sam
+	$(PY) -m training.cnn_report
+
 CNN_CANDIDATES := resnet-narrow-seed1 resnet-half-seed1 resnet-half-seed2
 HIRES_CANDIDATES := resnet-half-hires resnet-half-hires-seed1 resnet-half-hires-seed2 resnet-narrow-seed1
 BF16_CANDIDATES := resnet-narrow-hires-bf16 resnet-half-hires-bf16 resnet-half-hires-bf16-seed1
@@ -180,8 +185,8 @@ train-attention-deep-seed1: $(VENV)/.full ## `attention-deep` again from another
 	$(ATTENTION_DEEP) --name attention-deep-seed1 --seed 1
 	$(PY) -m training.p2g_report
 
-train-attention-deep-stress: $(VENV)/.full ## `attention-deep` reading stress digits (not run yet; about 2 h on 1 thread)
-	$(ATTENTION_DEEP) --name attention-deep-stress --stress
+train-attention-deep-stress: $(VENV)/.full ## `attention-deep` reading stress digits, in bfloat16 (not run yet; about 75 min on 1 thread)
+	$(ATTENTION_DEEP) --name attention-deep-stress --stress --bf16
 	$(PY) -m training.p2g_report
 
 train-attention-distilled: $(VENV)/.full ## `attention-deep` taught by the exported attention-ensemble (word-level distillation), in bfloat16

@@ -85,6 +85,46 @@ def test_bf16_autocast_training_learns_and_keeps_fp32_weights():
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_sharpness_aware_step_takes_the_gradient_at_the_perturbed_weights_and_restores_them():
+    """`--sam rho`: .grad ends as the gradient at w + rho * g / |g|, the weights are back at w, and the
+    batch-norm running statistics move once per batch (the second pass leaves them alone)."""
+    from training.train_cnn import sharpness_aware_step
+
+    torch.manual_seed(0)
+    model = SceneClassifier("bn-gap", [0.5] * 3, [0.25] * 3).train()
+    model.requires_grad_(True)
+    for m in model.modules():  # dropout off, so both passes see the same network
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    images = torch.randint(0, 256, (8, 48, 48, 3), dtype=torch.uint8)
+    labels = torch.arange(8) % 6
+
+    def batch_loss():
+        return F.cross_entropy(model(images), labels)
+
+    weights = [p.detach().clone() for p in model.parameters()]
+    batch_loss().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    stats = [b.clone() for b in model.buffers()]
+    sharpness_aware_step(model, batch_loss, rho=0.05)
+    assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters()))
+    assert all(torch.equal(s, b) for s, b in zip(stats, model.buffers()) if s.dtype != torch.int64)
+
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    twin = SceneClassifier("bn-gap", [0.5] * 3, [0.25] * 3).train()
+    twin.load_state_dict(model.state_dict())
+    for m in twin.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    with torch.no_grad():
+        for p, g in zip(twin.parameters(), grads):
+            p.add_(g * (0.05 / norm))
+    F.cross_entropy(twin(images), labels).backward()
+    for p, q, g in zip(model.parameters(), twin.parameters(), grads):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6)
+    assert not all(torch.allclose(p.grad, g, atol=1e-6) for p, g in zip(model.parameters(), grads))
+
+
 def make_folder(root, per_class=20, size=(150, 120)):
     rng = np.random.default_rng(0)
     for label, name in enumerate(CLASS_NAMES):

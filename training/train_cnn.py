@@ -49,6 +49,7 @@ class Config:
     distill: float = 0.0  # weight of the distillation term (the rest goes to cross-entropy with the labels)
     temperature: float = 2.0  # softmax temperature of the distillation term
     bf16: bool = False  # forward and loss under CPU autocast to bfloat16 (AMX); weights, optimizer, eval stay fp32
+    sam: float = 0.0  # radius rho of sharpness-aware minimisation (two passes a step); 0 = plain SGD steps
     seed: int = 0
     data: str = DEFAULT_DATA
     run_name: str = ""
@@ -100,6 +101,28 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
 
 
+def sharpness_aware_step(model: torch.nn.Module, batch_loss, rho: float) -> None:
+    """Leave in .grad the gradient at the worst nearby weights w + rho * g / |g| (SAM, Foret et al. 2021).
+
+    Expects .grad to hold the gradient at w. The second pass leaves the batch-norm running statistics as the first
+    pass set them (momentum 0), so that each batch updates them once."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    with torch.no_grad():
+        weights = [p.detach().clone() for p in params]
+        torch._foreach_add_(params, [p.grad * (rho / (norm + 1e-12)) for p in params])
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    model.zero_grad(set_to_none=True)
+    batch_loss().backward()
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    with torch.no_grad():
+        torch._foreach_copy_(params, weights)  # exactly w again (w + e - e would round)
+
+
 def train_epoch(model, optimizer, schedule, ema, images, labels, config: Config, generator, desc, teacher=None):
     model.train()
     augment = AUGMENTATIONS[config.augment]
@@ -113,16 +136,25 @@ def train_epoch(model, optimizer, schedule, ema, images, labels, config: Config,
             inputs = augment(inputs, generator)
         if config.mixup:
             inputs, targets = mixup(inputs.float(), targets, NUM_CLASSES, config.mixup, generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            logits = model(inputs)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(inputs)
-                soft = distillation_loss(logits.float(), teacher_logits.float(), config.temperature)
-                loss = (1 - config.distill) * loss + config.distill * soft
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                teacher_logits = teacher(inputs).float()
+
+        def batch_loss(inputs=inputs, targets=targets, teacher_logits=teacher_logits):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                logits = model(inputs)
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+                if teacher_logits is not None:
+                    soft = distillation_loss(logits.float(), teacher_logits, config.temperature)
+                    loss = (1 - config.distill) * loss + config.distill * soft
+            return loss
+
         optimizer.zero_grad(set_to_none=True)
+        loss = batch_loss()
         loss.backward()
+        if config.sam:
+            sharpness_aware_step(model, batch_loss, config.sam)
         optimizer.step()
         if schedule is not None:
             schedule.step()
@@ -243,7 +275,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Config()
     parser.add_argument("--network", choices=sorted(NETWORKS), default=defaults.network)
-    for key in ("lr", "momentum", "weight_decay", "mixup", "label_smoothing", "ema", "distill", "temperature"):
+    for key in ("lr", "momentum", "weight_decay", "mixup", "label_smoothing", "ema", "distill", "temperature", "sam"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=getattr(defaults, key))
     for key in ("epochs", "batch_size", "seed", "threads"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(defaults, key))
