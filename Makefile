@@ -199,8 +199,9 @@ ensemble-p2g: $(VENV)/.full ## our best speller: the subset of exported spellers
 	$(PY) -m training.ensemble_p2g --name attention-ensemble --candidates $(SPELLER_CANDIDATES)
 	$(PY) -m training.p2g_report
 
-compare-p2g: $(VENV)/.full ## every exported speller and the peer on the test split -> results/p2g/comparison.md
+compare-p2g: $(VENV)/.full ## every exported speller and both peers on the test split -> results/p2g/comparison.md
 	test -e runs/peer/phonetisaurus/model.fst || $(PY) -m training.peer_phonetisaurus
+	test -e runs/peer/phonetisaurus-stress/model.fst || $(PY) -m training.peer_phonetisaurus --stress true
 	$(PY) -m training.p2g_compare
 
 quantize-p2g: $(VENV)/.full ## an int8 copy of the ensemble (ONNX Runtime dynamic quantization), 1.6-2.5x faster on CPU

@@ -50,3 +50,9 @@ def test_stress_reads_the_digits(tmp_path):
     )
     assert result["speed_1best"]["pronunciations"] == len({" ".join(p.phonemes) for p in test})
     assert all(0 <= value <= 1 for value in result["test"].values()) and result["checks"]["unspelled_1best"] == 0
+    assert peer_speed(test, tmp_path, stress=True) > 0  # timed on the stressed pronunciations it was trained on
+    assert (tmp_path / "compare.1best.input").read_text().splitlines() == list(
+        dict.fromkeys(" ".join(p.phonemes) for p in test)
+    )
+    with pytest.raises(SystemExit, match="make peer-p2g-stress"):
+        peer_speed(test, tmp_path / "untrained", stress=True)

@@ -1,4 +1,4 @@
-"""Every exported speller and the Phonetisaurus peer, side by side on the CMUdict test split.
+"""Every exported speller and the Phonetisaurus peers, side by side on the CMUdict test split.
 
     python -m training.p2g_compare     # prints the table, writes results/p2g/comparison.{md,json}
     python -m training.p2g_compare --beam-widths attention-ensemble   # -> results/p2g/beam_width.{md,json}
@@ -6,9 +6,10 @@
 Our spellers run through ONNX Runtime exactly as the service runs them (exports/ and the shared decoding):
 greedy, beam search (beam 40, its 5-best list) and nucleus sampling (5 samples, top_p 0.8). Words/s is the
 whole test split decoded in batches of words of similar length on one ONNX Runtime thread, encoder
-included, counted in CPU seconds of this process. The peer's quality comes from `make peer-p2g`
-(results/p2g/phonetisaurus/); its speed is timed again in this run, before and after ours (the faster of
-the two is reported): this machine's speed varies from day to day, so only speeds of one run compare.
+included, counted in CPU seconds of this process. The peers' quality comes from `make peer-p2g` and
+`make peer-p2g-stress` (results/p2g/phonetisaurus{,-stress}/; the second reads stress digits, like our
+spellers trained with --stress); their speed is timed again in this run, before and after ours (the faster
+of the two is reported): this machine's speed varies from day to day, so only speeds of one run compare.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from exports.runtime import SpellerGraphs, speller_prefixes
 from training.p2g_data import load_splits, spellings_by_key
 from training.p2g_metrics import error_rates, wer_at_k
 from training.peer_phonetisaurus import decode as peer_decode
-from training.peer_phonetisaurus import tool_environment
+from training.peer_phonetisaurus import pronunciation, tool_environment
 
 # The n-best lists come from a beam of BEAM hypotheses, a width chosen on the validation split
 # (`make beam-p2g`, results/p2g/beam_width.md): wider beams find more of the right spellings; 40 scores best
@@ -121,26 +122,30 @@ def beam_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def peer_speed(pairs, work: Path) -> float:
+# The peers, each beside the spellers that read the same input: `make peer-p2g` (pronunciations without
+# stress digits) and `make peer-p2g-stress` (with them), as {name: reads stress}.
+PEERS = {"phonetisaurus": False, "phonetisaurus-stress": True}
+
+
+def peer_speed(pairs, work: Path, stress: bool = False) -> float:
     """The peer's 1-best words per CPU-second on these pairs' pronunciations, each once, in one g2pfst process
     (start-up and model load included), as `make peer-p2g` times it."""
     model = work / "model.fst"
     if not model.exists():
-        raise SystemExit(f"error: {model} missing; run `make peer-p2g` first")
-    keys = list(dict.fromkeys(pair.key for pair in pairs))
-    _, timing = peer_decode(keys, model, work, tool_environment(), 1, "compare.1best")
-    speed = len(keys) / timing["cpu_seconds"]
-    print(f"phonetisaurus 1-best: {speed:,.0f} words/s")
+        raise SystemExit(f"error: {model} missing; run `make peer-p2g{'-stress' if stress else ''}` first")
+    inputs = list(dict.fromkeys(pronunciation(pair, stress) for pair in pairs))
+    _, timing = peer_decode(inputs, model, work, tool_environment(), 1, "compare.1best")
+    speed = len(inputs) / timing["cpu_seconds"]
+    print(f"{work.name} 1-best: {speed:,.0f} words/s")
     return speed
 
 
-def peer_rows(results: Path, speeds: list[float]) -> list[dict]:
-    peer = json.loads((results / "phonetisaurus" / "metrics.json").read_text())
-    test = peer["test"]
+def peer_rows(results: Path, name: str, speeds: list[float]) -> list[dict]:
+    test = json.loads((results / name / "metrics.json").read_text())["test"]
     return [
-        {"system": "phonetisaurus", "params": None, "decoding": "1-best", "cer": test["cer"], "wer": test["wer"],
+        {"system": name, "params": None, "decoding": "1-best", "cer": test["cer"], "wer": test["wer"],
          "homophone_wer": test["homophone_wer"], "words_per_second": max(speeds), "timed_words_per_second": speeds},
-        {"system": "phonetisaurus", "params": None, "decoding": "5-best", "wer@3": test["nbest_wer@3"],
+        {"system": name, "params": None, "decoding": "5-best", "wer@3": test["nbest_wer@3"],
          "wer@5": test["nbest_wer@5"]},
     ]  # fmt: skip
 
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exports", default=str(EXPORTS_DIR))
     parser.add_argument("--results", default="results/p2g")
     parser.add_argument("--batch", type=int, default=64, help="words per batch (64 was fastest here)")
-    parser.add_argument("--peer", default="runs/peer/phonetisaurus", help="the peer's model (`make peer-p2g`)")
+    parser.add_argument("--peers", default="runs/peer", help="the peers' models, PEERS/<name>/ (`make peer-p2g`)")
     parser.add_argument(
         "--beam-widths", nargs="+", metavar="SPELLER",
         help=f"instead: these spellers' n-best WER@k for beams {BEAM_WIDTHS} on the validation split -> beam_width.md",
@@ -189,15 +194,22 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.results, "beam_width.json").write_text(json.dumps(rows, indent=2) + "\n")
         print(text)
         return
-    rows, speeds = [], [peer_speed(splits["test"], Path(args.peer))]
+
+    def timed() -> dict[str, float]:
+        return {name: peer_speed(splits["test"], Path(args.peers, name), stress) for name, stress in PEERS.items()}
+
+    rows, before = [], timed()
     for prefix in prefixes.values():
         rows += measure(SpellerGraphs(prefix, threads=1), splits["test"], spellings, args.batch)
-    speeds.append(peer_speed(splits["test"], Path(args.peer)))
-    rows += peer_rows(Path(args.results), speeds)
+    after = timed()
+    for name in PEERS:
+        rows += peer_rows(Path(args.results), name, [before[name], after[name]])
+    speeds = "; ".join(f"{name} {before[name]:,.0f} and {after[name]:,.0f}" for name in PEERS)
     text = (
         f"Test split of CMUdict ({len(splits['test']):,} pairs); words/s on one core (CPU time), "
-        f"batches of {args.batch}; the peer timed in the same run, before and after ours "
-        f"({' and '.join(f'{s:,.0f}' for s in speeds)} words/s; the faster shown):\n\n" + table(rows)
+        f"batches of {args.batch}; the peers timed in the same run, before and after ours "
+        f"({speeds} words/s; the faster shown). Spellers whose metadata says `stress: true` read the stress "
+        f"digits, as phonetisaurus-stress does:\n\n" + table(rows)
     )
     Path(args.results, "comparison.md").write_text(text)
     Path(args.results, "comparison.json").write_text(json.dumps(rows, indent=2) + "\n")
