@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -336,6 +339,24 @@ def test_export_has_dynamic_batch_and_lengths(tmp_path, vocab, layers):
         assert np.abs(onnx_log_probs - torch.log_softmax(logits, 1).numpy()).max() < 1e-4
 
 
+def test_parity_forgives_a_spelling_only_where_it_parts_at_a_tie(splits, vocab):
+    """export_p2g's parity: two spellings that part where the model gives both letters the same log-probability
+    (to TIE_TOLERANCE) pass; parting where one letter is clearly likelier does not."""
+    from training.export_p2g import parts_at_a_tie
+
+    torch.manual_seed(0)
+    model = Speller(len(vocab.phonemes), len(vocab.graphemes), SpellerConfig()).eval()
+    pair = splits["test"][0]
+    with torch.no_grad():
+        model.decoder.out.weight.zero_()
+        model.decoder.out.bias.zero_()  # every letter equally likely at every step: each parting is a tie
+        assert parts_at_a_tie(model, vocab, pair, "ab", "ac") and parts_at_a_tie(model, vocab, pair, "ab", "abc")
+        model.decoder.out.bias[vocab.graphemes.index("b")] = 1e-3  # 'b' likelier by 1e-3 in log-probability
+        assert not parts_at_a_tie(model, vocab, pair, "ab", "ac")
+        assert parts_at_a_tie(model, vocab, pair, "ba", "bc")  # parting after the 'b', where all is even again
+
+
+ROOT = Path(__file__).resolve().parents[1]
 COMMITTED_SPELLERS = list(speller_prefixes(EXPORTS_DIR))
 
 
@@ -367,6 +388,13 @@ def test_committed_speller_reproduces_its_test_metrics(name, splits):
         batch = graphs.phoneme_ids([p.phonemes for p in pairs[start : start + EVALUATION_BATCH]])
         sequences, _ = decoding.greedy(graphs.step, graphs.initial_state(batch), bos, eos, meta["max_output_length"])
         words += ["".join(meta["graphemes"][t] for t in s) for s in sequences]
+    # a word whose two runtimes part at a tie (export_p2g's parity lists them) has PyTorch's spelling in the metrics
+    parity = json.loads((ROOT / "results" / "p2g" / "parity.json").read_text()).get(name, {})
+    ties = dict(tie.split(": ") for tie in parity.get("parting_at_a_tie", []))
+    for i, pair in enumerate(pairs):
+        if (spelled := ties.get(" ".join(pair.phonemes))) is not None:
+            assert words[i] == spelled.split(" / ")[1], pair
+            words[i] = spelled.split(" / ")[0]
     rates = error_rates([p.word for p in pairs], words, [p.key for p in pairs], spellings_by_key(splits))
     for key in ("cer", "wer", "homophone_wer"):
         assert rates[key] == pytest.approx(meta["metrics"]["test"][key], abs=1e-9), key

