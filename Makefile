@@ -185,7 +185,7 @@ train-attention-deep-seed1: $(VENV)/.full ## `attention-deep` again from another
 	$(ATTENTION_DEEP) --name attention-deep-seed1 --seed 1
 	$(PY) -m training.p2g_report
 
-train-attention-deep-stress: $(VENV)/.full ## `attention-deep` reading stress digits, in bfloat16 (not run yet; about 75 min on 1 thread)
+train-attention-deep-stress: $(VENV)/.full ## `attention-deep` reading stress digits, in bfloat16 (106 min on 1 thread beside other runs)
 	$(ATTENTION_DEEP) --name attention-deep-stress --stress --bf16
 	$(PY) -m training.p2g_report
 

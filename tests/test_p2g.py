@@ -390,11 +390,11 @@ def test_committed_speller_reproduces_its_test_metrics(name, splits):
         words += ["".join(meta["graphemes"][t] for t in s) for s in sequences]
     # a word whose two runtimes part at a tie (export_p2g's parity lists them) has PyTorch's spelling in the metrics
     parity = json.loads((ROOT / "results" / "p2g" / "parity.json").read_text()).get(name, {})
-    ties = dict(tie.split(": ") for tie in parity.get("parting_at_a_tie", []))
+    ties = {tie["phonemes"]: tie for tie in parity.get("parting_at_a_tie", [])}
     for i, pair in enumerate(pairs):
-        if (spelled := ties.get(" ".join(pair.phonemes))) is not None:
-            assert words[i] == spelled.split(" / ")[1], pair
-            words[i] = spelled.split(" / ")[0]
+        if (tie := ties.get(" ".join(pair.phonemes))) is not None:
+            assert words[i] == tie["onnx_runtime"], pair
+            words[i] = tie["pytorch"]
     rates = error_rates([p.word for p in pairs], words, [p.key for p in pairs], spellings_by_key(splits))
     for key in ("cer", "wer", "homophone_wer"):
         assert rates[key] == pytest.approx(meta["metrics"]["test"][key], abs=1e-9), key

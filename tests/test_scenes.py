@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -111,11 +112,8 @@ def test_sharpness_aware_step_takes_the_gradient_at_the_perturbed_weights_and_re
     assert all(torch.equal(s, b) for s, b in zip(stats, model.buffers()) if s.dtype != torch.int64)
 
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    twin = SceneClassifier("bn-gap", [0.5] * 3, [0.25] * 3).train()
-    twin.load_state_dict(model.state_dict())
-    for m in twin.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+    twin = copy.deepcopy(model)  # the same weights, statistics and dropout-free layers
+    twin.zero_grad(set_to_none=True)
     with torch.no_grad():
         for p, g in zip(twin.parameters(), grads):
             p.add_(g * (0.05 / norm))

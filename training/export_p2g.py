@@ -161,7 +161,8 @@ def check_parity(model: Speller, vocab: Vocab, config: Config, pairs, prefix: Pa
         sequences, _ = decoding.greedy(graphs.step, graphs.initial_state(batch), bos, eos, config.max_output_length)
         onnx_words += [vocab.decode_word(s) for s in sequences]
     differing = [(p, a, b) for p, a, b in zip(pairs, torch_words, onnx_words) if a != b]
-    ties = [f"{' '.join(p.phonemes)}: {a} / {b}" for p, a, b in differing if parts_at_a_tie(model, vocab, p, a, b)]
+    ties = [{"phonemes": " ".join(p.phonemes), "pytorch": a, "onnx_runtime": b}
+            for p, a, b in differing if parts_at_a_tie(model, vocab, p, a, b)]  # fmt: skip
     report = {"words": len(pairs), "identical_spellings": len(pairs) - len(differing)}
     report |= {"parting_at_a_tie": ties} if ties else {}
     if len(ties) != len(differing):
