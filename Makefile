@@ -189,6 +189,16 @@ train-attention-deep-stress: $(VENV)/.full ## `attention-deep` reading stress di
 	$(ATTENTION_DEEP) --name attention-deep-stress --stress --bf16
 	$(PY) -m training.p2g_report
 
+train-attention-deep-stress-seed1: $(VENV)/.full ## `attention-deep-stress` again from another seed: a member for the stress ensemble
+	$(ATTENTION_DEEP) --name attention-deep-stress-seed1 --stress --bf16 --seed 1
+	$(PY) -m training.p2g_report
+
+train-attention-large-stress: $(VENV)/.full ## `attention-large` reading stress digits, in bfloat16: a member for the stress ensemble
+	$(PY) -m training.train_p2g --model attention --name attention-large-stress --hidden 256 --embedding 256 \
+		--batch-size 128 --epochs 40 --label-smoothing 0.1 --schedule warmup-cosine --stress --bf16 \
+		--threads $(THREADS) --resume
+	$(PY) -m training.p2g_report
+
 train-attention-distilled: $(VENV)/.full ## `attention-deep` taught by the exported attention-ensemble (word-level distillation), in bfloat16
 	$(ATTENTION_DEEP) --name attention-distilled --teacher attention-ensemble --distill 0.5 --bf16
 	$(PY) -m training.p2g_report
