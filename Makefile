@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 train-resnet-half-hires-sam ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress ensemble-p2g quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 train-resnet-half-hires-sam ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress train-attention-deep-stress-seed1 train-attention-large-stress ensemble-p2g ensemble-p2g-stress quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -209,10 +209,16 @@ ensemble-p2g: $(VENV)/.full ## our best speller: the subset of exported spellers
 	$(PY) -m training.ensemble_p2g --name attention-ensemble --candidates $(SPELLER_CANDIDATES)
 	$(PY) -m training.p2g_report
 
+STRESS_CANDIDATES := attention-deep-stress attention-deep-stress-seed1 attention-large-stress
+
+ensemble-p2g-stress: $(VENV)/.full ## the same over STRESS_CANDIDATES: spellers reading stress digits
+	$(PY) -m training.ensemble_p2g --name attention-ensemble-stress --candidates $(STRESS_CANDIDATES)
+	$(PY) -m training.p2g_report
+
 compare-p2g: $(VENV)/.full ## every exported speller and both peers on the test split -> results/p2g/comparison.md
 	test -e runs/peer/phonetisaurus/model.fst || $(PY) -m training.peer_phonetisaurus
 	test -e runs/peer/phonetisaurus-stress/model.fst || $(PY) -m training.peer_phonetisaurus --stress true
-	$(PY) -m training.p2g_compare
+	$(PY) -m training.p2g_compare --jobs 2
 
 quantize-p2g: $(VENV)/.full ## an int8 copy of the ensemble (ONNX Runtime dynamic quantization), 1.6-2.5x faster on CPU
 	$(PY) -m training.quantize_p2g attention-ensemble

@@ -594,3 +594,18 @@ def test_ensemble_refuses_missing_or_too_few_candidates_by_name(tmp_path):
         ensemble_p2g.main(["--name", "x", "--candidates", "attention", "nosuch", "--results", str(tmp_path)])
     with pytest.raises(SystemExit, match="needs two or more candidates"):
         ensemble_p2g.main(["--name", "x", "--candidates", "attention", "attention", "--results", str(tmp_path)])
+
+
+def test_comparison_in_parallel_measures_what_it_measures_alone_in_the_given_order(splits):
+    """`p2g_compare --jobs 2` spreads spellers over processes (largest first); the rows come back in the
+    order asked for, with the same spellings scored as one process scores them."""
+    from training.p2g_compare import measure_all
+
+    prefixes = [EXPORTS_DIR / "p2g-vanilla", EXPORTS_DIR / "p2g-attention"]  # the larger one second
+    pairs, spellings = splits["test"][:150], spellings_by_key(splits)
+    alone, parallel = (measure_all(prefixes, pairs, spellings, batch=64, jobs=jobs) for jobs in (1, 2))
+    assert [(r["system"], r["decoding"]) for r in parallel] == [(r["system"], r["decoding"]) for r in alone]
+    assert [r["system"] for r in parallel][::3] == ["vanilla", "attention"]
+    quality = lambda row: {k: v for k, v in row.items() if k != "words_per_second"}  # noqa: E731
+    assert [quality(r) for r in parallel] == [quality(r) for r in alone]
+    assert all(r["words_per_second"] > 0 for r in parallel)

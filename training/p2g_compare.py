@@ -6,7 +6,10 @@
 Our spellers run through ONNX Runtime exactly as the service runs them (exports/ and the shared decoding):
 greedy, beam search (beam 40, its 5-best list) and nucleus sampling (5 samples, top_p 0.8). Words/s is the
 whole test split decoded in batches of words of similar length on one ONNX Runtime thread, encoder
-included, counted in CPU seconds of this process. The peers' quality comes from `make peer-p2g` and
+included, counted in CPU seconds of the process decoding it. With --jobs N, N spellers are measured at once,
+each in a process of its own (largest first): CPU seconds exclude waiting for a core, but spellers sharing
+the machine's caches and memory bus run somewhat slower, so any contention counts against ours, never
+against the peers, which are timed alone. The peers' quality comes from `make peer-p2g` and
 `make peer-p2g-stress` (results/p2g/phonetisaurus{,-stress}/; the second reads stress digits, like our
 spellers trained with --stress); their speed is timed again in this run, before and after ours (the faster
 of the two is reported): this machine's speed varies from day to day, so only speeds of one run compare.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -166,19 +170,38 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure_export(prefix: Path, pairs, spellings, batch: int) -> list[dict]:
+    """`measure` of one export, loading its graphs itself: a task for a worker process."""
+    return measure(SpellerGraphs(prefix, threads=1), pairs, spellings, batch)
+
+
+def measure_all(prefixes: list[Path], pairs, spellings, batch: int, jobs: int) -> list[dict]:
+    """The rows of every export, in the order given, measured `jobs` at a time; the largest start first so
+    that the last to finish is a small one."""
+    if jobs == 1:
+        return [row for prefix in prefixes for row in measure_export(prefix, pairs, spellings, batch)]
+    size = lambda prefix: sum(path.stat().st_size for path in prefix.parent.glob(prefix.name + ".*.onnx"))  # noqa: E731
+    with ProcessPoolExecutor(jobs) as pool:
+        largest_first = sorted(prefixes, key=size, reverse=True)
+        futures = {prefix: pool.submit(measure_export, prefix, pairs, spellings, batch) for prefix in largest_first}
+        return [row for prefix in prefixes for row in futures[prefix].result()]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exports", default=str(EXPORTS_DIR))
     parser.add_argument("--results", default="results/p2g")
     parser.add_argument("--batch", type=int, default=64, help="words per batch (64 was fastest here)")
+    parser.add_argument("--jobs", type=int, default=1, help="spellers measured at once, one process each")
     parser.add_argument("--peers", default="runs/peer", help="the peers' models, PEERS/<name>/ (`make peer-p2g`)")
     parser.add_argument(
         "--beam-widths", nargs="+", metavar="SPELLER",
         help=f"instead: these spellers' n-best WER@k for beams {BEAM_WIDTHS} on the validation split -> beam_width.md",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     splits = load_splits("cmudict")
-    spellings = spellings_by_key(splits)
     prefixes = speller_prefixes(Path(args.exports))
     if args.beam_widths:
         missing = sorted(set(args.beam_widths) - set(prefixes))
@@ -198,16 +221,16 @@ def main(argv: list[str] | None = None) -> None:
     def timed() -> dict[str, float]:
         return {name: peer_speed(splits["test"], Path(args.peers, name), stress) for name, stress in PEERS.items()}
 
-    rows, before = [], timed()
-    for prefix in prefixes.values():
-        rows += measure(SpellerGraphs(prefix, threads=1), splits["test"], spellings, args.batch)
+    before = timed()
+    rows = measure_all(list(prefixes.values()), splits["test"], spellings_by_key(splits), args.batch, args.jobs)
     after = timed()
     for name in PEERS:
         rows += peer_rows(Path(args.results), name, [before[name], after[name]])
     speeds = "; ".join(f"{name} {before[name]:,.0f} and {after[name]:,.0f}" for name in PEERS)
     text = (
         f"Test split of CMUdict ({len(splits['test']):,} pairs); words/s on one core (CPU time), "
-        f"batches of {args.batch}; the peers timed in the same run, before and after ours "
+        f"batches of {args.batch}, {args.jobs} speller(s) measured at once; the peers timed alone in the same run, "
+        f"before and after ours "
         f"({speeds} words/s; the faster shown). Spellers whose metadata says `stress: true` read the stress "
         f"digits, as phonetisaurus-stress does:\n\n" + table(rows)
     )
