@@ -106,6 +106,6 @@ class Speller:
         m = self.metadata
         return {"name": self.name, "params": m["params"], "metrics": m["metrics"], "phonemes": list(self.index),
                 "graphemes": [g for i, g in enumerate(self.graphemes) if i not in self.special.values()],
-                "decodings": list(DECODINGS), "max_input_length": self.max_input_length,
+                "decodings": list(DECODINGS), "max_input_length": self.max_input_length, "stress": m["stress"],
                 "data_sha256": m["data_sha256"], "train_command": m["train_command"],
                 "files": [self.graphs.encoder_path.name, self.graphs.decoder_path.name]}  # fmt: skip

@@ -41,6 +41,8 @@ def test_info_lists_every_export(server):
     assert classifiers["bn-gap"]["classes"] == CLASSES and "test_acc" in classifiers["bn-gap"]["metrics"]
     assert info["default_classifier"] in classifiers and info["default_speller"] in spellers
     assert "cer" in spellers["attention"]["metrics"]["test"]
+    stressless = {name: s["metrics"]["valid"]["cer"] for name, s in spellers.items() if not s["stress"]}
+    assert info["default_speller"] == min(stressless, key=stressless.get)  # the best that ignores stress digits
 
 
 def test_openapi_lists_both_endpoints(server):
