@@ -12,7 +12,7 @@ import torch
 from exports import EXPORTS_DIR, decoding
 from exports.metadata import speller_symbols, strip_stress
 from exports.runtime import SpellerGraphs, speller_prefixes
-from training.p2g_compare import EVALUATION_BATCH
+from training.p2g_compare import EVALUATION_BATCH, without_stress_rates
 from training.p2g_data import Vocab, batches, cmudict_splits, spellings_by_key, split_of, tsv_splits
 from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig, sequence_loss
@@ -397,7 +397,33 @@ def test_committed_speller_reproduces_its_test_metrics(name, splits):
             words[i] = tie["pytorch"]
     rates = error_rates([p.word for p in pairs], words, [p.key for p in pairs], spellings_by_key(splits))
     for key in ("cer", "wer", "homophone_wer"):
-        assert rates[key] == pytest.approx(meta["metrics"]["test"][key], abs=1e-9), key
+        assert rates[key] == pytest.approx(meta["metrics"]["test"][key], abs=int8_tolerance(meta, key)), key
+
+
+def int8_tolerance(meta: dict, key: str) -> float:
+    """How far a metric may move from the one recorded: nothing for float graphs; for an int8 copy, what ONNX
+    Runtime's int8 kernels change from one CPU to another (measured on one with AVX2 alone, no VNNI, whose u8s8
+    products may saturate: CER within 0.0007, WER and homophone-aware WER within 0.004 of those recorded)."""
+    if "quantized_from" not in meta:
+        return 1e-9
+    return 0.002 if key == "cer" else 0.008
+
+
+STRESS_SPELLERS = [name for name in COMMITTED_SPELLERS if SpellerGraphs(EXPORTS_DIR / f"p2g-{name}").metadata["stress"]]
+
+
+@pytest.mark.parametrize("name", STRESS_SPELLERS)
+def test_committed_stress_speller_reproduces_its_rates_without_stress_digits(name, splits):
+    """A speller reading stress digits records its test rates given input without them (results/p2g/NAME/), and its
+    export reproduces them: exactly where ONNX Runtime computed them (ensembles, int8 copies), within a few words of
+    6,669 where PyTorch did (training), whose parity was checked on input with the digits only."""
+    recorded = json.loads((ROOT / "results" / "p2g" / name / "metrics.json").read_text())
+    graphs = SpellerGraphs(EXPORTS_DIR / f"p2g-{name}", threads=2)
+    rates = without_stress_rates(graphs, splits, spellings_by_key(splits))["test_without_stress"]
+    for key in ("cer", "wer", "homophone_wer"):
+        tolerance = 1e-3 if "train_seconds" in recorded else int8_tolerance(graphs.metadata, key)
+        assert rates[key] == pytest.approx(recorded["test_without_stress"][key], abs=tolerance), key
+    assert rates["cer"] > graphs.metadata["metrics"]["test"]["cer"]  # stress is information
 
 
 def test_reference_targets_reached():
@@ -584,7 +610,8 @@ def test_int8_copy_keeps_the_contract_and_spells_like_its_source(tmp_path, split
     pairs = splits["test"][:400]
     same = sum(a == b for a, b in zip(decode_split(copy, pairs, "greedy", 128)[0],
                                       decode_split(original, pairs, "greedy", 128)[0]))  # fmt: skip
-    assert same >= 0.93 * len(pairs), same  # measured: 383 of 400 (the ensemble's copy: 6,628 of 6,669)
+    # measured: 383 of 400 on a CPU with AVX-512 VNNI, 366 on AVX2 alone (the ensemble's copy: 6,628 of 6,669)
+    assert same >= 0.88 * len(pairs), same
 
 
 def test_ensemble_refuses_missing_or_too_few_candidates_by_name(tmp_path):

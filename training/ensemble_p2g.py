@@ -32,7 +32,7 @@ from onnx import helper
 from exports import EXPORTS_DIR
 from exports import metadata as export_metadata
 from exports.runtime import SpellerGraphs
-from training.p2g_compare import greedy_rates, score
+from training.p2g_compare import greedy_rates, score, without_stress_rates
 from training.p2g_data import load_splits, spellings_by_key
 
 # What every member must share: the ensemble reads one vocabulary, one input limit and one lexicon.
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         f"candidates, best first (seconds: building and decoding, on this machine):\n\n" + selection_table(rows)
     )
     summary = {"name": args.name, "params": graphs.metadata["params"], "members": best["members"],
-               "valid": metrics["valid"], "test": metrics["test"], "train_command": command}  # fmt: skip
+               "valid": metrics["valid"], "test": metrics["test"], **without_stress_rates(graphs, splits, spellings),
+               "train_command": command}  # fmt: skip
     (results / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

@@ -107,6 +107,14 @@ def score(graphs: SpellerGraphs, splits, spellings) -> dict:
             "test": greedy_rates(graphs, test, spellings) | at_k}  # fmt: skip
 
 
+def without_stress_rates(graphs: SpellerGraphs, splits, spellings) -> dict:
+    """For a speller reading stress digits, {"test_without_stress": its greedy rates on the test split given without
+    them}, as training reports its own (results/p2g/results.md); {} for a speller that ignores them."""
+    if not graphs.metadata["stress"]:
+        return {}
+    return {"test_without_stress": greedy_rates(graphs, [p.without_stress() for p in splits["test"]], spellings)}
+
+
 def beam_widths(graphs: SpellerGraphs, pairs, batch: int) -> list[dict]:
     """WER@k of the n-best list and words/s for each beam width in BEAM_WIDTHS."""
     words, rows = [p.word for p in pairs], []

@@ -25,7 +25,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from exports import EXPORTS_DIR
 from exports import metadata as export_metadata
 from exports.runtime import SpellerGraphs
-from training.p2g_compare import EVALUATION_BATCH, decode_split, score
+from training.p2g_compare import EVALUATION_BATCH, decode_split, score, without_stress_rates
 from training.p2g_data import load_splits, spellings_by_key
 
 SUFFIX = "-int8"
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             source.with_name(f"{source.name}.{part}.onnx").unlink()
     summary = {"name": metadata["name"], "params": metadata["params"], "quantized_from": args.speller,
                "valid": metadata["metrics"]["valid"], "test": metadata["metrics"]["test"],
+               **without_stress_rates(SpellerGraphs(out), splits, spellings),
                "test_spellings_as_source": {"words": len(test), "identical_spellings": same},
                "train_command": command}  # fmt: skip
     results = Path(args.results) / metadata["name"]
