@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 train-resnet-half-hires-sam ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress train-attention-deep-stress-seed1 train-attention-large-stress ensemble-p2g ensemble-p2g-stress quantize-p2g pair-p2g beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 train-resnet-half-hires-sam ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress train-attention-deep-stress-seed1 train-attention-large-stress ensemble-p2g ensemble-p2g-stress quantize-p2g pair-p2g pair-p2g-stress beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -227,6 +227,11 @@ quantize-p2g: $(VENV)/.full ## an int8 copy of the ensemble (ONNX Runtime dynami
 pair-p2g: $(VENV)/.full ## a fast speller: the ensemble of attention-deep + attention-large, served as its int8 copy only
 	$(PY) -m training.ensemble_p2g --name attention-pair --candidates attention-deep attention-large
 	$(PY) -m training.quantize_p2g attention-pair --replace
+	$(PY) -m training.p2g_report
+
+pair-p2g-stress: $(VENV)/.full ## the same fast pair from the spellers reading stress: attention-deep-stress + attention-large-stress, int8
+	$(PY) -m training.ensemble_p2g --name attention-pair-stress --candidates attention-deep-stress attention-large-stress
+	$(PY) -m training.quantize_p2g attention-pair-stress --replace
 	$(PY) -m training.p2g_report
 
 beam-p2g: $(VENV)/.full ## beam widths for the n-best lists, on the validation split -> results/p2g/beam_width.md

@@ -19,7 +19,8 @@ TARGETS = ["serve", "test", "train-cnn", "train-p2g", "train-resnet", "train-res
            "train-transformer", "train-attention-large",
            "train-attention-deep", "train-attention-deep-seed1", "train-attention-distilled",
            "train-attention-deep-stress", "train-attention-deep-stress-seed1", "train-attention-large-stress",
-           "ensemble-p2g", "ensemble-p2g-stress", "quantize-p2g", "pair-p2g", "beam-p2g", "peer-p2g", "compare-p2g",
+           "ensemble-p2g", "ensemble-p2g-stress", "quantize-p2g", "pair-p2g", "pair-p2g-stress", "beam-p2g", "peer-p2g",
+           "compare-p2g",
            "export", "bench", "build", "containerize", "container-smoke", "lint", "clean"]  # fmt: skip
 
 
