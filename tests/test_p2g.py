@@ -18,7 +18,7 @@ from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig, sequence_loss
 from training.p2g_teacher import teacher_log_probs
 from training.p2g_transformer import TransformerConfig, TransformerSpeller
-from training.train_p2g import Config, config_args, parse_args, run_name, train_epoch
+from training.train_p2g import Config, bf16_supported, config_args, parse_args, run_name, train_epoch
 
 SMALL_TRANSFORMER = TransformerConfig(d_model=32, heads=4, ffn=64, encoder_layers=2, decoder_layers=2, dropout=0.1)
 
@@ -217,6 +217,7 @@ def test_teacher_must_exist_and_share_the_vocabularies(splits, vocab):
         teacher_log_probs("attention", splits["train"][:2], other, threads=1)
 
 
+@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no oneDNN bfloat16 (AVX-512 BF16 or AMX) for LSTMs")
 def test_distilled_bf16_training_learns_and_keeps_fp32_weights(attention_teacher, vocab):
     pairs, soft = attention_teacher
     config = Config(hidden=64, embedding=64, batch_size=32, teacher="attention", distill=0.5, bf16=True)
@@ -227,6 +228,14 @@ def test_distilled_bf16_training_learns_and_keeps_fp32_weights(attention_teacher
     losses = [train_epoch(model, optimizer, None, pairs, vocab, config, generator, "test", soft) for _ in range(3)]
     assert losses[2] < losses[0] and all(np.isfinite(losses))
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.skipif(bf16_supported(), reason="this CPU runs bfloat16 LSTMs: nothing to refuse")
+def test_bf16_training_is_refused_by_name_where_the_cpu_cannot_run_it(tmp_path):
+    from training import train_p2g
+
+    with pytest.raises(SystemExit, match=r"--bf16: this CPU .* drop --bf16"):
+        train_p2g.main(["--bf16", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
 
 
 # A toy model for the decoding tests: the next token's log-probabilities depend on the step and a per-row offset.

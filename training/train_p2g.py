@@ -271,8 +271,18 @@ def parse_args(argv: list[str] | None = None):
     return Config(**{k: getattr(args, k) for k in asdict(defaults)}), args
 
 
+def bf16_supported() -> bool:
+    """Whether PyTorch's CPU LSTM can run under bfloat16 autocast here: oneDNN needs AVX-512 BF16 or AMX for it,
+    and on a CPU without them the first forward step fails with 'could not create a primitive descriptor'."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_args(argv)
+    if config.bf16 and not bf16_supported():
+        raise SystemExit(f"error: --bf16: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bfloat16 "
+                         "support in oneDNN (AVX-512 BF16 or AMX), which the LSTM needs under autocast; "
+                         "drop --bf16 to train in float32")  # fmt: skip
     try:
         train(config, Path(args.runs) / run_name(config), Path(args.results) / run_name(config), args.resume)
     except (FileNotFoundError, ValueError) as error:
