@@ -120,8 +120,9 @@ train-resnet-narrow-seed% train-resnet-half-seed% train-resnet-half-hires-seed%:
 		--name $(subst train-,,$@)
 	$(PY) -m training.cnn_report
 
-# any of the 48x48-first-stage networks trained under bfloat16 autocast (AMX on this CPU: resnet-half-hires
-# 55 min on 1 thread against 107 in fp32), also from seeds 1 to 4: train-<network>-bf16[-seed<N>]
+# any of the 48x48-first-stage networks trained under bfloat16 autocast (on a Xeon with AMX: resnet-half-hires
+# 55 min on 1 thread against 107 in fp32; without bfloat16 hardware it is emulated, many times slower, and
+# train_cnn warns), also from seeds 1 to 4: train-<network>-bf16[-seed<N>]
 BF16_RUNS := $(foreach net,resnet-half-hires resnet-narrow-hires resnet-hires,\
 	train-$(net)-bf16 $(foreach seed,1 2 3 4,train-$(net)-bf16-seed$(seed)))
 $(BF16_RUNS): $(VENV)/.full

@@ -14,6 +14,7 @@ from PIL import Image
 from exports import EXPORTS_DIR
 from exports.metadata import from_session
 from exports.runtime import load_session
+from training.bfloat16 import bf16_supported
 from training.cnn import SceneClassifier, count_parameters
 from training.scenes import CLASS_NAMES, DataError, load_image, load_scenes, split_like_intel48
 
@@ -165,6 +166,18 @@ def test_missing_and_malformed_data_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no class sub-folders"):
         load_scenes(tmp_path / "empty")
+
+
+@pytest.mark.skipif(bf16_supported(), reason="this CPU has bfloat16 hardware: nothing to warn of")
+def test_bf16_training_warns_by_name_where_the_cpu_would_emulate_it(tmp_path, capsys):
+    from training import train_cnn
+
+    with pytest.raises(SystemExit, match="no such file or folder"):
+        train_cnn.main(["--bf16", "--data", str(tmp_path / "nope.npz"), "--runs", str(tmp_path / "runs")])
+    assert "warning: --bf16: this CPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no such file or folder"):
+        train_cnn.main(["--data", str(tmp_path / "nope.npz"), "--runs", str(tmp_path / "runs")])
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_export_keeps_batch_dynamic_and_matches_pytorch(tmp_path):

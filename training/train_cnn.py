@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.augment import AUGMENTATIONS, mixup
+from training.bfloat16 import bf16_supported, cpu_name
 from training.cnn import NETWORKS, NUM_CLASSES, FlipAveraged, LogitAveraged, SceneClassifier, count_parameters
 from training.plots import plot_curves
 from training.scenes import DataError, SceneData, load_scenes
@@ -304,6 +305,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
 
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_args(argv)
+    if config.bf16 and not bf16_supported():
+        warning = (f"warning: --bf16: this CPU ({cpu_name()}) has no bfloat16 hardware (AVX-512 BF16 or AMX), "
+                   "so oneDNN emulates it, many times slower than float32; drop --bf16 unless you mean to")  # fmt: skip
+        print(warning, file=sys.stderr)
     try:
         data = load_scenes(config.data)
     except DataError as error:

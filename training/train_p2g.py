@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from exports import decoding
 from training import checkpoint
+from training.bfloat16 import bf16_supported, cpu_name
 from training.p2g_data import BOS, EOS, Pair, Vocab, batches, load_splits, pad, spellings_by_key
 from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig, sequence_loss
@@ -271,16 +272,10 @@ def parse_args(argv: list[str] | None = None):
     return Config(**{k: getattr(args, k) for k in asdict(defaults)}), args
 
 
-def bf16_supported() -> bool:
-    """Whether PyTorch's CPU LSTM can run under bfloat16 autocast here: oneDNN needs AVX-512 BF16 or AMX for it,
-    and on a CPU without them the first forward step fails with 'could not create a primitive descriptor'."""
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_args(argv)
     if config.bf16 and not bf16_supported():
-        raise SystemExit(f"error: --bf16: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bfloat16 "
+        raise SystemExit(f"error: --bf16: this CPU ({cpu_name()}) has no bfloat16 "
                          "support in oneDNN (AVX-512 BF16 or AMX), which the LSTM needs under autocast; "
                          "drop --bf16 to train in float32")  # fmt: skip
     try:
