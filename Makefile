@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 train-resnet-half-hires-sam ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress train-attention-deep-stress-seed1 train-attention-large-stress ensemble-p2g ensemble-p2g-stress quantize-p2g pair-p2g pair-p2g-stress beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-cutout train-resnet-half-resized train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 train-resnet-half-hires-sam ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress train-attention-deep-stress-seed1 train-attention-large-stress ensemble-p2g ensemble-p2g-stress quantize-p2g pair-p2g pair-p2g-stress beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -106,6 +106,16 @@ train-resnet-narrow: $(VENV)/.full ## ablation of width: the `resnet` recipe at 
 train-resnet-half: $(VENV)/.full ## ablation of width: the `resnet` recipe at widths 32/64/128 (about 30 min on 1 thread)
 	$(need_data)
 	$(RESNET) --network resnet-half --augment flip-crop --name resnet-half
+	$(PY) -m training.cnn_report
+
+train-resnet-half-cutout: $(VENV)/.full ## ablation of augmentation: `resnet-half` with cutout (one 16x16 hole per image) after flips and crops
+	$(need_data)
+	$(RESNET) --network resnet-half --augment flip-crop-cutout --name resnet-half-cutout
+	$(PY) -m training.cnn_report
+
+train-resnet-half-resized: $(VENV)/.full ## ablation of augmentation: `resnet-half` with random resized crops and colour jitter instead
+	$(need_data)
+	$(RESNET) --network resnet-half --augment resized-crop --name resnet-half-resized
 	$(PY) -m training.cnn_report
 
 train-resnet-half-hires: $(VENV)/.full ## ablation of resolution: `resnet-half` with its first stage at 48x48, not 24x24 (about 75 min on 2 threads, 110 on 1)

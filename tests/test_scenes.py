@@ -294,6 +294,27 @@ def test_trivial_augment_keeps_shape_and_pixel_range_and_changes_images():
     assert out.min() >= 0 and out.max() <= 255 and not torch.equal(out, images.float())
 
 
+def test_cutout_fills_one_square_per_image_with_the_batch_mean_and_leaves_the_rest_as_flip_crop():
+    from training.augment import flip_crop, flip_crop_cutout
+
+    images = torch.randint(0, 256, (64, 48, 48, 3), dtype=torch.uint8)
+    base = flip_crop(images, torch.Generator().manual_seed(0))
+    out = flip_crop_cutout(images, torch.Generator().manual_seed(0), size=16)
+    assert out.shape == images.shape and out.dtype == torch.float32
+    changed = (out != base).any(dim=3)
+    assert torch.allclose(out[changed], base.mean(dim=(0, 1, 2)).expand(int(changed.sum()), 3))
+    areas = []
+    for mask in changed:
+        rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+        assert len(rows) <= 16 and len(cols) <= 16
+        assert torch.equal(rows, torch.arange(rows[0], rows[-1] + 1)) and torch.equal(
+            cols, torch.arange(cols[0], cols[-1] + 1)
+        )
+        assert mask.sum() == len(rows) * len(cols)  # a rectangle: the square, clipped at the image's edges
+        areas.append(len(rows) * len(cols))
+    assert max(areas) == 256 and min(areas) < 256
+
+
 def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
     from training.train_cnn import distillation_loss
 

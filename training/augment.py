@@ -55,6 +55,19 @@ def resized_crop_jitter(
     return x.clamp(0, 255).permute(0, 2, 3, 1)
 
 
+def flip_crop_cutout(images: torch.Tensor, generator: torch.Generator, size: int = 16) -> torch.Tensor:
+    """Flips and padded crops, then cutout (DeVries and Taylor, 2017): one `size` x `size` square per image,
+    centred anywhere in it (so partly outside near the edges), filled with the batch's mean colour."""
+    x = flip_crop(images, generator)
+    n, h, w, _ = x.shape
+    cy = torch.randint(0, h, (n, 1), generator=generator)
+    cx = torch.randint(0, w, (n, 1), generator=generator)
+    rows = ((torch.arange(h) - cy + size // 2) % (h + size) < size).view(n, h, 1)
+    cols = ((torch.arange(w) - cx + size // 2) % (w + size) < size).view(n, 1, w)
+    hole = (rows & cols).unsqueeze(3)
+    return torch.where(hole, x.mean(dim=(0, 1, 2)), x)
+
+
 TRIVIAL_AUGMENT = v2.TrivialAugmentWide()
 
 
@@ -70,6 +83,7 @@ AUGMENTATIONS = {
     "flip-crop": flip_crop,
     "resized-crop": resized_crop_jitter,
     "flip-crop-trivial": flip_crop_trivial,
+    "flip-crop-cutout": flip_crop_cutout,
 }
 
 
