@@ -14,7 +14,7 @@ import torch
 from exports import EXPORTS_DIR, decoding
 from exports.metadata import speller_symbols, strip_stress
 from exports.runtime import SpellerGraphs, speller_prefixes
-from training.p2g_compare import EVALUATION_BATCH, without_stress_rates
+from training.p2g_compare import EVALUATION_BATCH, decode_split, without_stress_rates
 from training.p2g_data import Vocab, batches, cmudict_splits, spellings_by_key, split_of, tsv_splits
 from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig, sequence_loss
@@ -387,22 +387,19 @@ def test_a_run_is_named_by_its_model_unless_given_a_name():
     assert parse_args(config_args(distilled))[0] == distilled
 
 
-def greedy_test_words(name: str, pairs) -> list[str]:
-    """Greedy spellings of pairs through ONNX Runtime, in the chunks the metrics were computed in: an int8 copy
-    quantizes activations per batch, so its spelling of a word may depend on the other words of the batch."""
+def greedy_test_decoding(name: str, pairs) -> tuple[list[str], dict]:
+    """A speller's greedy spellings of pairs through ONNX Runtime, and its metadata. In the chunks the metrics were
+    computed in: an int8 copy quantizes activations per batch, so its spelling of a word may depend on the other
+    words of the batch."""
     graphs = SpellerGraphs(EXPORTS_DIR / f"p2g-{name}", threads=1)
-    meta, words = graphs.metadata, []
-    bos, eos = meta["special_tokens"]["bos"], meta["special_tokens"]["eos"]
-    for start in range(0, len(pairs), EVALUATION_BATCH):
-        batch = graphs.phoneme_ids([p.phonemes for p in pairs[start : start + EVALUATION_BATCH]])
-        sequences, _ = decoding.greedy(graphs.step, graphs.initial_state(batch), bos, eos, meta["max_output_length"])
-        words += ["".join(meta["graphemes"][t] for t in s) for s in sequences]
-    return words
+    found, _ = decode_split(graphs, pairs, "greedy", EVALUATION_BATCH, by_length=False)
+    return [options[0] for options in found], graphs.metadata
 
 
-def stress_free_rates(name: str, splits, spellings) -> dict:
+def stress_free_rates(name: str, splits, spellings) -> tuple[dict, dict]:
+    """A speller's greedy rates on the test split given without stress digits, and its metadata."""
     graphs = SpellerGraphs(EXPORTS_DIR / f"p2g-{name}", threads=1)
-    return without_stress_rates(graphs, splits, spellings)["test_without_stress"]
+    return without_stress_rates(graphs, splits, spellings)["test_without_stress"], graphs.metadata
 
 
 @pytest.fixture(scope="module")
@@ -413,16 +410,18 @@ def committed_decodings(splits):
     order submitted, each as soon as it is done."""
     spellings = spellings_by_key(splits)
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = {name: pool.submit(greedy_test_words, name, splits["test"]) for name in COMMITTED_SPELLERS}
-        stress_free = {name: pool.submit(stress_free_rates, name, splits, spellings) for name in STRESS_SPELLERS}
-        yield futures, stress_free
+        yield {
+            "test": {name: pool.submit(greedy_test_decoding, name, splits["test"]) for name in COMMITTED_SPELLERS},
+            "without_stress": {
+                name: pool.submit(stress_free_rates, name, splits, spellings) for name in STRESS_SPELLERS
+            },
+        }
 
 
 @pytest.mark.parametrize("name", COMMITTED_SPELLERS)
 def test_committed_speller_reproduces_its_test_metrics(name, splits, committed_decodings):
     """Greedy decoding of the whole test split through ONNX Runtime gives the CER and WER in the metadata."""
-    meta = SpellerGraphs(EXPORTS_DIR / f"p2g-{name}", threads=1).metadata
-    pairs, words = splits["test"], committed_decodings[0][name].result()
+    pairs, (words, meta) = splits["test"], committed_decodings["test"][name].result()
     # a word whose two runtimes part at a tie (export_p2g's parity lists them) has PyTorch's spelling in the metrics
     parity = json.loads((ROOT / "results" / "p2g" / "parity.json").read_text()).get(name, {})
     ties = {tie["phonemes"]: tie for tie in parity.get("parting_at_a_tie", [])}
@@ -450,12 +449,11 @@ def test_committed_stress_speller_reproduces_its_rates_without_stress_digits(nam
     export reproduces them: exactly where ONNX Runtime computed them (ensembles, int8 copies), within a few words of
     6,669 where PyTorch did (training), whose parity was checked on input with the digits only."""
     recorded = json.loads((ROOT / "results" / "p2g" / name / "metrics.json").read_text())
-    graphs = SpellerGraphs(EXPORTS_DIR / f"p2g-{name}", threads=1)
-    rates = committed_decodings[1][name].result()
+    rates, meta = committed_decodings["without_stress"][name].result()
     for key in ("cer", "wer", "homophone_wer"):
-        tolerance = 1e-3 if "train_seconds" in recorded else int8_tolerance(graphs.metadata, key)
+        tolerance = 1e-3 if "train_seconds" in recorded else int8_tolerance(meta, key)
         assert rates[key] == pytest.approx(recorded["test_without_stress"][key], abs=tolerance), key
-    assert rates["cer"] > graphs.metadata["metrics"]["test"]["cer"]  # stress is information
+    assert rates["cer"] > meta["metrics"]["test"]["cer"]  # stress is information
 
 
 def test_reference_targets_reached():
