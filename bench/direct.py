@@ -36,8 +36,9 @@ def timed(call: Callable, items: list, repeats: int, seconds: float) -> dict:
     return {"requests/s": Spread.of(rates), "p50": Spread.of(medians)}
 
 
-def run(exports: Path, threads: int, jpegs: list[bytes], phonemes: list[str], repeats: int, seconds: float):
-    models = load_models(exports, threads)
+def run(exports: Path, threads: int, speller_threads: int, jpegs: list[bytes], phonemes: list[str], repeats: int,
+        seconds: float):  # fmt: skip
+    models = load_models(exports, threads, speller_threads)
     classifier = models.classifiers[models.default_classifier]
     speller = models.spellers[models.default_speller]
 

@@ -34,7 +34,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine(threads: int) -> dict:
+def machine(threads: int, speller_threads: int) -> dict:
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "CPU": f"{cpu_model()}, {os.cpu_count()} cores",
@@ -42,7 +42,8 @@ def machine(threads: int) -> dict:
         "system": platform.platform(),
         "Python": platform.python_version(),
         "packages": ", ".join(f"{name} {metadata.version(name)}" for name in PACKAGES),
-        "threads": f"{threads} (ONNX Runtime intra-op threads per model; torch.set_num_threads)",
+        "threads": f"{threads} per classifier, {speller_threads} per speller (ONNX Runtime intra-op threads per "
+        "model, SCENESPELL_THREADS and SCENESPELL_SPELLER_THREADS; torch.set_num_threads)",
     }
 
 
@@ -121,14 +122,18 @@ def latencies(models: dict) -> str:
     return table(["kind", "model", "params", "call", "ONNX Runtime ms, batch 1"], rows)
 
 
-SERVERS = {"batching on": "SceneSpell", "batching off": "SceneSpell, SCENESPELL_BATCHING=0", "bare": "bare Starlette"}
+def servers(threads: int) -> dict[str, str]:
+    """The label of each server of the serving table, by its key in the results."""
+    return {"batching on": "SceneSpell", "batching off": "SceneSpell, SCENESPELL_BATCHING=0",
+            "speller threads": f"SceneSpell, SCENESPELL_SPELLER_THREADS={threads}",
+            "bare": "bare Starlette"}  # fmt: skip
 
 
-def serving(results: dict) -> str:
+def serving(results: dict, threads: int) -> str:
     rows = []
     for endpoint in ("classify", "spell"):
-        for key, label in SERVERS.items():
-            for level in results[key].get(endpoint, []):
+        for key, label in servers(threads).items():
+            for level in results.get(key, {}).get(endpoint, []):
                 rows.append([f"`/{endpoint}`", label, level["concurrency"], level["requests/s"].format(),
                              *(level[p].format(1) for p in ("p50", "p95", "p99")),
                              f"{level['failed']} / {level['requests']:,}",
@@ -138,7 +143,7 @@ def serving(results: dict) -> str:
     return table(headers, rows)
 
 
-def ratios(results: dict, direct: dict) -> str:
+def ratios(results: dict, direct: dict, threads: int, speller_threads: int) -> str:
     on, off, bare = (results[k]["classify"] for k in ("batching on", "batching off", "bare"))
     rows = []
     for c in [level["concurrency"] for level in on]:
@@ -147,6 +152,12 @@ def ratios(results: dict, direct: dict) -> str:
                      x(ratio(ours, by_concurrency(bare, c)["requests/s"].median))])  # fmt: skip
         rows.append([f"`/classify` req/s at concurrency {c}: batching on / off",
                      x(ratio(ours, by_concurrency(off, c)["requests/s"].median))])  # fmt: skip
+    if "speller threads" in results:
+        for level in results["batching on"]["spell"]:
+            other = by_concurrency(results["speller threads"]["spell"], level["concurrency"])
+            rows.append([f"`/spell` req/s at concurrency {level['concurrency']}: spellers on {speller_threads} / "
+                         f"{threads} threads",
+                         x(ratio(level["requests/s"].median, other["requests/s"].median))])  # fmt: skip
     for endpoint in ("classify", "spell"):
         levels, alone = results["batching on"][endpoint], direct[endpoint]
         p50, direct_p50 = by_concurrency(levels, 1)["p50"].median, alone["p50"].median
@@ -194,14 +205,14 @@ def document(results: dict) -> str:
         targets(results),
         f"## Classifiers: ONNX Runtime vs PyTorch eager (images/s, {results['threads']} threads)",
         classifiers(results["models"]["classifiers"]),
-        f"## Spellers: ONNX Runtime vs PyTorch eager (words/s, {results['threads']} threads)",
+        f"## Spellers: ONNX Runtime vs PyTorch eager (words/s, {results['speller_threads']} threads)",
         spellers(results["models"]["spellers"]),
         "## ONNX Runtime latency at batch 1, every served model",
         latencies(results["models"]),
         "## Serving through the running server (closed loop, keep-alive, warm-up excluded)",
-        serving(results["serving"]),
+        serving(results["serving"], results["threads"]),
         "## Ratios",
-        ratios(results["serving"], results["direct"]),
+        ratios(results["serving"], results["direct"], results["threads"], results["speller_threads"]),
         "## Memory and endurance",
         memory(results["serving"]),
         endurance(results["serving"]),

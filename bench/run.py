@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny run: few requests, short timings (for tests)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime and PyTorch threads (default 2)")
+    parser.add_argument("--speller-threads", type=int, default=1,
+                        help="the same for the spellers (default 1, the server's own default)")  # fmt: skip
     parser.add_argument("--exports", type=Path, default=Path(os.environ.get("SCENESPELL_EXPORTS") or EXPORTS_DIR))
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.md")
     parser.add_argument("--json", type=Path, help="also write the raw figures as JSON here")
@@ -86,23 +88,27 @@ def main(argv: list[str] | None = None) -> None:
 
     repeats, round_seconds = settings["model_repeats"], settings["model_seconds"]
     with section("model speed", seconds):
-        models = model_speed.run(args.exports, words, args.threads, repeats, round_seconds)
+        models = model_speed.run(args.exports, words, args.threads, args.speller_threads, repeats, round_seconds)
     with section("direct calls", seconds):
-        direct_rates = direct.run(args.exports, args.threads, jpegs, phonemes, repeats, round_seconds)
+        direct_rates = direct.run(
+            args.exports, args.threads, args.speller_threads, jpegs, phonemes, repeats, round_seconds
+        )
     serve_settings = serving_speed.Settings(
-        args.exports, args.threads, (1, 8, 32), settings["warmup"], settings["seconds"], settings["repeats"],
-        settings["memory_counts"],
+        args.exports, args.threads, args.speller_threads, (1, 8, 32), settings["warmup"], settings["seconds"],
+        settings["repeats"], settings["memory_counts"],
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="scenespell-bench-") as logs:
         with section("serving", seconds):
             serving = serving_speed.run(serve_settings, Path(logs), classify, spell)
         with section("startup", seconds):
-            env = {"SCENESPELL_EXPORTS": str(args.exports), "SCENESPELL_THREADS": str(args.threads)}
+            env = {"SCENESPELL_EXPORTS": str(args.exports), "SCENESPELL_THREADS": str(args.threads),
+                   "SCENESPELL_SPELLER_THREADS": str(args.speller_threads)}  # fmt: skip
             startup_seconds = startup.run(Path(logs), env, settings["startup_samples"])
     results = {
         "command": "make bench" if os.environ.get("MAKELEVEL") else shlex.join(["python", "-m", "bench.run", *given]),
-        "machine": report.machine(args.threads),
+        "machine": report.machine(args.threads, args.speller_threads),
         "threads": args.threads,
+        "speller_threads": args.speller_threads,
         "default_classifier": default_classifier(args.exports),
         "models": models,
         "direct": direct_rates,

@@ -6,7 +6,9 @@ The last count lies past BentoML's traffic timeout (60 s) at these rates: its Ti
 per request, holding the request's context, for that long, so memory grows until then and levels off.
 
 SceneSpell runs with the micro-batching of concurrent /classify requests on (the default) and off
-(SCENESPELL_BATCHING=0); batching applies to /classify only, so /spell is measured once. The bare Starlette
+(SCENESPELL_BATCHING=0); batching applies to /classify only, so /spell is measured once, and once more on a
+server whose spellers have the classifiers' threads (SCENESPELL_SPELLER_THREADS, when it differs), to
+measure that setting. The bare Starlette
 baseline (bench/bare_server.py) serves /classify only. Every server of the tables has the same history
 (a warm-up), so that their figures compare.
 """
@@ -31,6 +33,7 @@ MEMORY_CONCURRENCY = 32
 class Settings:
     exports: Path
     threads: int
+    speller_threads: int
     concurrencies: tuple[int, ...]
     warmup_seconds: float
     seconds: float
@@ -76,21 +79,23 @@ def memory(server: servers.Server, requests: list[Request], counts: tuple[int, .
     return points
 
 
-def environment(settings: Settings, batching: bool = True) -> dict[str, str]:
+def environment(settings: Settings, batching: bool = True, speller_threads: int | None = None) -> dict[str, str]:
     return {"SCENESPELL_BATCHING": "1" if batching else "0", "SCENESPELL_THREADS": str(settings.threads),
+            "SCENESPELL_SPELLER_THREADS": str(speller_threads or settings.speller_threads),
             "SCENESPELL_EXPORTS": str(settings.exports)}  # fmt: skip
 
 
-def scenespell(settings: Settings, log_dir: Path, batching: bool, classify: list[Request], spell: list[Request]):
+def scenespell(settings: Settings, log_dir: Path, batching: bool, classify: list[Request], spell: list[Request],
+               speller_threads: int | None = None, endpoints: tuple[str, ...] = ("classify", "spell")):  # fmt: skip
     mixed = [r for pair in zip(classify, spell) for r in pair]
-    with servers.scenespell(log_dir, environment(settings, batching)) as server:
+    with servers.scenespell(log_dir, environment(settings, batching, speller_threads)) as server:
         ready = server.wait_ready()
         warmup = load.send(server.url, mixed, 8, WARMUP_REQUESTS)
         result = {"batching": batching, "ready_seconds": ready, "warmup_failed": warmup.failed,
                   "rss_warm_mib": server.rss_mib()}  # fmt: skip
-        result["classify"] = levels(server, classify, settings)
-        if batching:
-            result["spell"] = levels(server, spell, settings)
+        for endpoint, requests in (("classify", classify), ("spell", spell)):
+            if endpoint in endpoints:
+                result[endpoint] = levels(server, requests, settings)
     return result
 
 
@@ -116,9 +121,14 @@ def bare(settings: Settings, log_dir: Path, classify: list[Request]) -> dict:
 
 
 def run(settings: Settings, log_dir: Path, classify: list[Request], spell: list[Request]) -> dict:
-    return {
+    results = {
         "batching on": scenespell(settings, log_dir, True, classify, spell),
-        "batching off": scenespell(settings, log_dir, False, classify, spell),
-        "bare": bare(settings, log_dir, classify),
-        "endurance": endurance(settings, log_dir, classify, spell),
+        "batching off": scenespell(settings, log_dir, False, classify, spell, endpoints=("classify",)),
     }
+    if settings.speller_threads != settings.threads:  # /spell with the spellers on the classifiers' threads
+        results["speller threads"] = scenespell(
+            settings, log_dir, True, classify, spell, settings.threads, endpoints=("spell",)
+        )
+    results["bare"] = bare(settings, log_dir, classify)
+    results["endurance"] = endurance(settings, log_dir, classify, spell)
+    return results

@@ -55,7 +55,11 @@ def _load(kind, path: Path, threads: int | None, name: str | None):
     return model
 
 
-def load_models(directory: Path | None = None, threads: int | None = None) -> Models:
+def load_models(
+    directory: Path | None = None, classifier_threads: int | None = None, speller_threads: int | None = None
+) -> Models:
+    """Every export of the directory (SCENESPELL_EXPORTS, else exports/), each session on the ONNX Runtime
+    intra-op threads of its kind (None: ONNX Runtime's default)."""
     directory = Path(directory or os.environ.get("SCENESPELL_EXPORTS") or EXPORTS_DIR)
     missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
     if missing:
@@ -63,12 +67,12 @@ def load_models(directory: Path | None = None, threads: int | None = None) -> Mo
     classifiers = {}
     for path in sorted(directory.glob("cnn-*.onnx")):
         name = path.name.removeprefix("cnn-").removesuffix(".onnx")
-        classifiers[name] = _load(SceneClassifier, path, threads, name)
-    default = _load(SceneClassifier, directory / "cnn.onnx", threads, None)
+        classifiers[name] = _load(SceneClassifier, path, classifier_threads, name)
+    default = _load(SceneClassifier, directory / "cnn.onnx", classifier_threads, None)
     classifiers.setdefault(default.name, default)
     spellers = {}
     for name, prefix in speller_prefixes(directory).items():
-        spellers[name] = _load(Speller, prefix, threads, name)
+        spellers[name] = _load(Speller, prefix, speller_threads, name)
     # The default answers every request alike, so it is chosen among the spellers that ignore stress digits: one
     # reading them spells worse when a client leaves them out (results/p2g/results.md); those serve by name.
     stressless = [s for s in spellers.values() if not s.metadata["stress"]] or list(spellers.values())

@@ -23,12 +23,21 @@ from serving.schemas import MAX_UPLOAD_BYTES, ClassifyForm, ClassifyResponse, Sp
 CPUS = os.cpu_count() or 1
 BATCHING = os.environ.get("SCENESPELL_BATCHING", "1") != "0"
 
+
+def whole_number(variable: str, default: int) -> int:
+    value = os.environ.get(variable, str(default))
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"error: {variable}={value!r}: expected a whole number >= 1")
+    return int(value)
+
+
 # Checked at import, before workers start: a bad export or setting stops `bentoml serve` with one line.
-THREADS = os.environ.get("SCENESPELL_THREADS", str(min(CPUS, 2)))
-if not THREADS.isdigit() or int(THREADS) < 1:
-    raise SystemExit(f"error: SCENESPELL_THREADS={THREADS!r}: expected a whole number >= 1")
+# A speller's session gets one thread by default: an LSTM step is too small for a second intra-op thread to pay
+# (it is slower with two, measured in `make bench`), and /spell requests then run side by side, one per core.
+THREADS = whole_number("SCENESPELL_THREADS", min(CPUS, 2))
+SPELLER_THREADS = whole_number("SCENESPELL_SPELLER_THREADS", 1)
 try:
-    MODELS = load_models(threads=int(THREADS))
+    MODELS = load_models(classifier_threads=THREADS, speller_threads=SPELLER_THREADS)
 except StartupError as error:
     raise SystemExit(f"error: {error}") from None
 

@@ -30,9 +30,11 @@ HEADINGS = (
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    # one thread: PyTorch's OpenMP threads crawl when other processes share the cores, and speed is not the point
-    command = [sys.executable, "-m", "bench.run", "--quick", "--threads", "1", "--exports", str(EXPORTS_DIR),
-               "--output", str(out / "results.md"), "--json", str(out / "results.json")]  # fmt: skip
+    # classifiers on one thread: PyTorch's OpenMP threads crawl when other processes share the cores, and speed is
+    # not the point; spellers on two, so that the server comparing speller threads runs too (on one)
+    command = [sys.executable, "-m", "bench.run", "--quick", "--threads", "1", "--speller-threads", "2",
+               "--exports", str(EXPORTS_DIR), "--output", str(out / "results.md"),
+               "--json", str(out / "results.json")]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout, (out / "results.md").read_text(), json.loads((out / "results.json").read_text())
@@ -68,7 +70,9 @@ def test_no_request_fails(quick_run):
     _, _, results = quick_run
     serving = results["serving"]
     levels = [level for server in serving.values() for key in ("classify", "spell") for level in server.get(key, [])]
-    assert len(levels) == 3 * 4  # concurrency 1, 8, 32 of /classify on three servers and of /spell on SceneSpell
+    # concurrency 1, 8, 32 of /classify on three servers and of /spell on two (speller threads 2 and 1)
+    assert len(levels) == 3 * 5
+    assert {key for key, server in serving.items() if "spell" in server} == {"batching on", "speller threads"}
     assert all(level["requests"] > 0 and level["failed"] == 0 for level in levels), levels
     assert all(server["warmup_failed"] == 0 for server in serving.values())
     assert all(point["failed"] == 0 for point in serving["endurance"]["memory"])

@@ -641,6 +641,7 @@ def test_export_whose_metadata_disagrees_with_the_code_is_refused(tally, tmp_pat
     assert line.startswith(f"error: {tmp_path / file}: ") and words in line, line
 
 
-def test_a_bad_setting_stops_startup(tally, tmp_path):
-    line = start_failure(tally, tmp_path, lambda d: None, {"SCENESPELL_THREADS": "0"})
-    assert line == "error: SCENESPELL_THREADS='0': expected a whole number >= 1"
+@pytest.mark.parametrize(("variable", "value"), [("SCENESPELL_THREADS", "0"), ("SCENESPELL_SPELLER_THREADS", "two")])
+def test_a_bad_setting_stops_startup(tally, tmp_path, variable, value):
+    line = start_failure(tally, tmp_path, lambda d: None, {variable: value})
+    assert line == f"error: {variable}={value!r}: expected a whole number >= 1"

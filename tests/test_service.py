@@ -226,6 +226,21 @@ def test_bearer_token_and_clean_shutdown():
     assert code == 0, guarded.output()[-2000:]
 
 
+def test_each_kind_of_model_runs_on_its_own_threads(tmp_path):
+    """SCENESPELL_THREADS goes to the classifiers' sessions, SCENESPELL_SPELLER_THREADS to both graphs of every
+    speller (serving.service passes them to load_models)."""
+    from serving.registry import REQUIRED_FILES, load_models
+
+    for name in REQUIRED_FILES:
+        (tmp_path / name).symlink_to(EXPORTS_DIR / name)
+    models = load_models(tmp_path, classifier_threads=2, speller_threads=1)
+    classifiers = [c.session for c in models.classifiers.values()]
+    spellers = [graph for s in models.spellers.values() for graph in (s.graphs.encoder, s.graphs.decoder)]
+    assert len(classifiers) == 3 and len(spellers) == 4
+    assert {session.get_session_options().intra_op_num_threads for session in classifiers} == {2}
+    assert {session.get_session_options().intra_op_num_threads for session in spellers} == {1}
+
+
 def test_a_corrupt_export_stops_startup_with_one_line(tmp_path):
     for path in EXPORTS_DIR.glob("*.onnx"):
         (tmp_path / path.name).symlink_to(path)
