@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         with section("serving", seconds):
             serving = serving_speed.run(serve_settings, Path(logs), classify, spell)
         with section("startup", seconds):
-            env = {"SCENESPELL_EXPORTS": str(args.exports), "SCENESPELL_THREADS": str(args.threads),
-                   "SCENESPELL_SPELLER_THREADS": str(args.speller_threads)}  # fmt: skip
+            env = serving_speed.environment(serve_settings)  # the defaults' server, as the serving tables start it
             startup_seconds = startup.run(Path(logs), env, settings["startup_samples"])
     results = {
         "command": "make bench" if os.environ.get("MAKELEVEL") else shlex.join(["python", "-m", "bench.run", *given]),

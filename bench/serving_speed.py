@@ -8,9 +8,8 @@ per request, holding the request's context, for that long, so memory grows until
 SceneSpell runs with the micro-batching of concurrent /classify requests on (the default) and off
 (SCENESPELL_BATCHING=0); batching applies to /classify only, so /spell is measured once, and once more on a
 server whose spellers have the classifiers' threads (SCENESPELL_SPELLER_THREADS, when it differs), to
-measure that setting. The bare Starlette
-baseline (bench/bare_server.py) serves /classify only. Every server of the tables has the same history
-(a warm-up), so that their figures compare.
+measure that setting. The bare Starlette baseline (bench/bare_server.py) serves /classify only. Every server
+of the tables has the same history (a warm-up), so that their figures compare.
 """
 
 from __future__ import annotations
