@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-cutout train-resnet-half-resized train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 train-resnet-half-hires-sam ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress train-attention-deep-stress-seed1 train-attention-large-stress ensemble-p2g ensemble-p2g-stress quantize-p2g pair-p2g pair-p2g-stress beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-cutout train-resnet-half-resized train-resnet-half-nosmooth train-resnet-half-deep train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 train-resnet-half-hires-sam ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 ensemble-cnn-served train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress train-attention-deep-stress-seed1 train-attention-large-stress ensemble-p2g ensemble-p2g-stress quantize-p2g pair-p2g pair-p2g-stress beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -118,6 +118,16 @@ train-resnet-half-resized: $(VENV)/.full ## ablation of augmentation: `resnet-ha
 	$(RESNET) --network resnet-half --augment resized-crop --name resnet-half-resized
 	$(PY) -m training.cnn_report
 
+train-resnet-half-nosmooth: $(VENV)/.full ## ablation of label smoothing: `resnet-half` trained on hard labels (0 instead of 0.1)
+	$(need_data)
+	$(RESNET) --network resnet-half --augment flip-crop --label-smoothing 0 --name resnet-half-nosmooth
+	$(PY) -m training.cnn_report
+
+train-resnet-half-deep: $(VENV)/.full ## ablation of depth: `resnet-half` with three blocks per stage, 1,079,574 parameters
+	$(need_data)
+	$(RESNET) --network resnet-half-deep --augment flip-crop --name resnet-half-deep
+	$(PY) -m training.cnn_report
+
 train-resnet-half-hires: $(VENV)/.full ## ablation of resolution: `resnet-half` with its first stage at 48x48, not 24x24 (about 75 min on 2 threads, 110 on 1)
 	$(need_data)
 	$(RESNET) --network resnet-half-hires --augment flip-crop --name resnet-half-hires
@@ -153,12 +163,13 @@ train-resnet-half-hires-sam: $(VENV)/.full ## ablation of the optimizer: `resnet
 CNN_CANDIDATES := resnet-narrow-seed1 resnet-half-seed1 resnet-half-seed2
 HIRES_CANDIDATES := resnet-half-hires resnet-half-hires-seed1 resnet-half-hires-seed2 resnet-narrow-seed1
 BF16_CANDIDATES := resnet-narrow-hires-bf16 resnet-half-hires-bf16 resnet-half-hires-bf16-seed1
+SERVED_CANDIDATES := resnet-narrow resnet-half-deep resnet-half-nosmooth
 
 # the subset of candidates ($(2)) best on validation within 3M parameters, exported as cnn-$(1).onnx if it beats
-# cnn.onnx on validation; candidates not trained yet are trained first
+# cnn.onnx on validation; candidates with neither a checkpoint nor an export of exports/ are trained first
 define ensemble_cnn
 	$(need_data)
-	for run in $(2); do test -e runs/cnn/$$run/best.pt || $(MAKE) train-$$run || exit 1; done
+	for run in $$($(PY) -m training.ensemble_cnn --missing --candidates $(2)); do $(MAKE) train-$$run || exit 1; done
 	$(PY) -m training.ensemble_cnn --data "$(DATA)" --threads $(THREADS) --name $(1) --candidates $(2)
 endef
 
@@ -170,6 +181,9 @@ ensemble-cnn-hires: $(VENV)/.full ## the same over HIRES_CANDIDATES: resnet-half
 
 ensemble-cnn-bf16: $(VENV)/.full ## the same over BF16_CANDIDATES: the 48x48-first-stage networks trained in bfloat16
 	$(call ensemble_cnn,ensemble-bf16,$(BF16_CANDIDATES))
+
+ensemble-cnn-served: $(VENV)/.full ## the same over SERVED_CANDIDATES: the served resnet-narrow (from its export) and the depth and label-smoothing runs
+	$(call ensemble_cnn,ensemble-served,$(SERVED_CANDIDATES))
 
 train-transformer: $(VENV)/.full ## our speller: a transformer encoder-decoder, 15 epochs (resumable)
 	$(PY) -m training.train_p2g --model transformer --lr 0.001 --batch-size 256 --epochs 15 --dropout 0.1 \

@@ -30,6 +30,7 @@ OUR_PARAMS = {
     "resnet": 2_759_462,
     "resnet-narrow": 1_553_502,
     "resnet-half": 691_606,
+    "resnet-half-deep": 1_079_574,
     "resnet-half-hires": 691_606,
     "resnet-narrow-hires": 1_553_502,
     "resnet-hires": 2_759_462,
@@ -397,7 +398,7 @@ def test_a_short_run_trains_in_channels_last_and_its_checkpoints_load_as_usual(t
     assert [row["epoch"] for row in resumed["history"]] == [1, 2]
 
 
-def test_ensemble_is_chosen_on_validation_within_the_budget_and_exports_the_mean_of_its_members(tmp_path):
+def test_ensemble_is_chosen_on_validation_within_the_budget_and_exports_the_mean_of_its_members(tmp_path, capsys):
     """training.ensemble_cnn end to end on synthetic data: three bn-gap runs (755,718 parameters each) and a
     budget that fits two; the export's logits are the mean of the chosen members' own, and cnn.onnx follows
     validation accuracy among the exports."""
@@ -462,6 +463,12 @@ def test_ensemble_is_chosen_on_validation_within_the_budget_and_exports_the_mean
         ensemble_cnn.main(["--candidates", *models, "--budget", "1000000", *where])
     with pytest.raises(SystemExit, match=r"results/missing/metrics.json not found: train the run first"):
         ensemble_cnn.main(["--candidates", "run0", "missing", *where])
+    (runs / "run1" / "best.pt").unlink()  # a run whose checkpoint is gone and that exports/ does not hold
+    capsys.readouterr()
+    ensemble_cnn.main(["--missing", "--candidates", "run0", "run1", "run2", "run3", *where])
+    assert capsys.readouterr().out.split() == ["run1", "run3"]
+    with pytest.raises(SystemExit, match=r"run1/best.pt not found, nor an export of that run in .*exports"):
+        ensemble_cnn.main(["--candidates", "run0", "run1", *where])
 
 
 def test_ensemble_selection_ranks_subsets_by_validation_accuracy_then_loss():
@@ -479,3 +486,62 @@ def test_ensemble_selection_ranks_subsets_by_validation_accuracy_then_loss():
     assert shared_errors(logits, labels, ["a", "c"]) == {"errors": {"a": 1, "c": 4}, "shared_by_all": 1}
     with pytest.raises(ValueError, match="no two candidates"):
         choose(subsets(logits, {"a": 10, "b": 10, "c": 10, "d": 25}, labels, budget=15))
+
+
+def randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """`model` with random batch-norm statistics and affine terms, so that folding them is not the identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            for tensor, low, high in ((norm.running_mean, -0.5, 0.5), (norm.running_var, 0.5, 2.0),
+                                      (norm.weight, 0.5, 1.5), (norm.bias, -0.3, 0.3)):  # fmt: skip
+                tensor.copy_(torch.empty(tensor.shape).uniform_(low, high, generator=generator))
+    return model.eval()
+
+
+def test_classifier_rebuilt_from_its_export_computes_what_the_graph_computes(tmp_path):
+    """The exporter folds each batch norm into its convolution; the rebuilt network undoes no more than that."""
+    from training.cnn import FlipAveraged
+    from training.cnn_from_export import classifier_from_export
+    from training.onnx_export import export
+
+    torch.manual_seed(0)
+    model = randomised(SceneClassifier("resnet-half", [0.4, 0.45, 0.5], [0.2, 0.25, 0.3]), seed=1)
+    meta = {"kind": "classifier", "name": "resnet-half", "class_names": list(CLASS_NAMES), "params": 691_606,
+            "metrics": {"val_acc": 0.5}, "data_sha256": "", "train_command": "",
+            "preprocessing": {"height": 48, "width": 48, "mean": [0.4, 0.45, 0.5],
+                                                          "std": [0.2, 0.25, 0.3]}}  # fmt: skip
+    images = torch.randint(0, 256, (8, 48, 48, 3), dtype=torch.uint8)
+    dynamic = {"images": {0: "batch"}, "logits": {0: "batch"}}
+    export(model, (images[:2],), tmp_path / "cnn.onnx", ["images"], ["logits"], dynamic, meta)
+    rebuilt = classifier_from_export(tmp_path / "cnn.onnx", "resnet-half")
+    assert count_parameters(rebuilt) == 691_606
+    (onnx_logits,) = load_session(tmp_path / "cnn.onnx").run(["logits"], {"images": images.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(images), model(images), atol=1e-4)
+        assert np.abs(rebuilt(images).numpy() - onnx_logits).max() < 1e-4
+
+    with pytest.raises(ValueError, match="is not an export of resnet-narrow"):
+        classifier_from_export(tmp_path / "cnn.onnx", "resnet-narrow")
+    flipped = {**meta, "metrics": {"val_acc": 0.5, "flip_averaging": True}}
+    export(FlipAveraged(model), (images[:2],), tmp_path / "flip.onnx", ["images"], ["logits"], dynamic, flipped)
+    with pytest.raises(ValueError, match="flip-averaged"):
+        classifier_from_export(tmp_path / "flip.onnx", "resnet-half")
+
+
+def test_served_classifier_rebuilt_from_its_export_scores_its_recorded_validation_accuracy(intel48_data):
+    """The committed cnn.onnx, rebuilt in PyTorch without its checkpoint (how `make ensemble-cnn-served` takes
+    it as a member), gets as many validation images right as its metadata says."""
+    from training.cnn_from_export import classifier_from_export
+    from training.export_cnn import read_metadata
+
+    meta = read_metadata(EXPORTS_DIR / "cnn.onnx")
+    if "members" in meta:
+        pytest.skip("the served classifier is an ensemble: its members are rebuilt from checkpoints")
+    runs = [json.loads(p.read_text()) for p in (EXPORTS_DIR.parent / "results" / "cnn").glob("*/metrics.json")]
+    (run,) = [m for m in runs if m["train_command"] == meta["train_command"]]
+    model = classifier_from_export(EXPORTS_DIR / "cnn.onnx", run["config"]["network"])
+    images, labels = intel48_data.images["val"], intel48_data.labels["val"]
+    with torch.inference_mode():
+        logits = torch.cat([model(torch.from_numpy(images[i : i + 256])) for i in range(0, len(images), 256)])
+    assert (logits.argmax(1).numpy() == labels).sum() == round(meta["metrics"]["val_acc"] * len(labels))

@@ -9,6 +9,11 @@ and parity check of a single network (`training.export_cnn.export_classifier`). 
 test split. results/cnn/NAME/ keeps the table of every subset that fits (selection.md, the candidates alone
 too, for comparison) and the chosen one's figures (selection.json).
 
+A candidate is a finished run (results/cnn/NAME/metrics.json): its weights come from runs/cnn/NAME/best.pt,
+or, where that checkpoint is not (runs/ stays on the machine that trained), from the export of exports/ that
+is this run, rebuilt in PyTorch (`training.cnn_from_export`) and checked against ONNX Runtime. So the served
+network can join an ensemble anywhere. `--missing` prints the candidates with neither, for make to train.
+
 Only served models are committed, and cnn.onnx is the best classifier of exports/ by validation accuracy; so
 the ensemble is exported only when it beats the served cnn.onnx on validation, and then becomes it. Otherwise
 its figures are recorded all the same and exports/ is left as it is.
@@ -28,7 +33,8 @@ import torch.nn.functional as F
 
 from exports import EXPORTS_DIR
 from training.cnn import LogitAveraged, count_parameters
-from training.export_cnn import export_classifier, read_metadata, record_parity, served_default
+from training.cnn_from_export import classifier_from_export
+from training.export_cnn import check_parity, export_classifier, read_metadata, record_parity, served_default
 from training.scenes import DataError, load_scenes
 from training.train_cnn import DEFAULT_DATA, load_classifier, logits_of
 
@@ -82,21 +88,41 @@ def selection_table(rows: list[dict], budget: int, images: int, errors: dict) ->
     return "\n".join(lines) + "\n"
 
 
-def load_candidate(name: str, runs: Path, results: Path, fingerprint: str) -> tuple[torch.nn.Module, dict]:
-    """A finished run's classifier (its best.pt) and its metrics; SystemExit naming what is missing."""
+def source(name: str, runs: Path, results: Path, exports: Path) -> Path | None:
+    """Where a finished run's weights are: its best.pt, else the export of exports/ that is this run (same
+    train_command), so that a served network joins on a machine without its checkpoint; None if neither."""
     metrics_path, best_path = results / name / "metrics.json", runs / name / "best.pt"
-    for path in (metrics_path, best_path):
-        if not path.exists():
-            raise SystemExit(f"error: {path} not found: train the run first (make train-{name})")
+    if best_path.exists() or not metrics_path.exists():
+        return best_path if best_path.exists() else None
+    command = json.loads(metrics_path.read_text())["train_command"]
+    return next((p for p in sorted(exports.glob("cnn-*.onnx")) if read_metadata(p)["train_command"] == command), None)
+
+
+def load_candidate(name: str, runs: Path, results: Path, exports: Path, data) -> tuple[torch.nn.Module, dict]:
+    """A finished run's classifier and its metrics, from its `source` (a classifier rebuilt from an export is
+    checked against ONNX Runtime on the validation images). SystemExit naming what is missing."""
+    metrics_path, best_path = results / name / "metrics.json", runs / name / "best.pt"
+    if not metrics_path.exists():
+        raise SystemExit(f"error: {metrics_path} not found: train the run first (make train-{name})")
     metrics = json.loads(metrics_path.read_text())
-    if metrics["data_sha256"] != fingerprint:
+    if metrics["data_sha256"] != data.fingerprint():
         raise SystemExit(f"error: {name} was trained on other data (data_sha256 {metrics['data_sha256'][:12]}...)")
-    return load_classifier(best_path), metrics
+    path = source(name, runs, results, exports)
+    if path is None:
+        raise SystemExit(f"error: {best_path} not found, nor an export of that run in {exports}: train the run first "
+                         f"(make train-{name})")  # fmt: skip
+    if path == best_path:
+        return load_classifier(best_path), metrics
+    model = classifier_from_export(path, metrics["config"]["network"])
+    check_parity(model, path, data.images["val"])
+    print(f"{name}: rebuilt from {path} (no {best_path} here)")
+    return model, metrics
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidates", nargs="+", required=True, help="finished runs (runs/cnn/NAME/best.pt)")
+    parser.add_argument("--candidates", nargs="+", required=True,
+                        help="finished runs (runs/cnn/NAME/best.pt, else the export of that run in --out)")  # fmt: skip
     parser.add_argument("--name", default="ensemble", help="the export: exports/cnn-NAME.onnx (default: ensemble)")
     parser.add_argument("--budget", type=int, default=BUDGET, help="most parameters of the whole ensemble")
     parser.add_argument("--data", default=DEFAULT_DATA)
@@ -104,7 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default="results/cnn")
     parser.add_argument("--out", default=str(EXPORTS_DIR))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--missing", action="store_true",
+                        help="print the candidates with no checkpoint and no export, to train first")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.missing:
+        where = Path(args.runs_dir), Path(args.results), Path(args.out)
+        print(" ".join(name for name in dict.fromkeys(args.candidates) if source(name, *where) is None))
+        return
     if len(set(args.candidates)) < 2:
         raise SystemExit("error: an ensemble needs two or more candidates")
     torch.set_num_threads(args.threads)
@@ -113,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
     runs, results, out, fingerprint = Path(args.runs_dir), Path(args.results), Path(args.out), data.fingerprint()
-    loaded = {name: load_candidate(name, runs, results, fingerprint) for name in dict.fromkeys(args.candidates)}
+    loaded = {name: load_candidate(name, runs, results, out, data) for name in dict.fromkeys(args.candidates)}
     split = {s: (torch.from_numpy(data.images[s]), torch.from_numpy(data.labels[s])) for s in ("val", "test")}
     logits = {name: logits_of(model, split["val"][0]) for name, (model, _) in loaded.items()}
     params = {name: count_parameters(model) for name, (model, _) in loaded.items()}
