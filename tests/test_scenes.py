@@ -529,18 +529,18 @@ def test_classifier_rebuilt_from_its_export_computes_what_the_graph_computes(tmp
         classifier_from_export(tmp_path / "flip.onnx", "resnet-half")
 
 
-def test_served_classifier_rebuilt_from_its_export_scores_its_recorded_validation_accuracy(intel48_data):
-    """The committed cnn.onnx, rebuilt in PyTorch without its checkpoint (how `make ensemble-cnn-served` takes
-    it as a member), gets as many validation images right as its metadata says."""
+@pytest.mark.parametrize("name", ["resnet", "resnet-narrow"])
+def test_committed_classifier_rebuilt_from_its_export_scores_its_recorded_validation_accuracy(name, intel48_data):
+    """A committed export of one run, rebuilt in PyTorch without its checkpoint (how an ensemble takes it as a
+    member, `make ensemble-cnn-served`), gets as many validation images right as its metadata says."""
     from training.cnn_from_export import classifier_from_export
     from training.export_cnn import read_metadata
 
-    meta = read_metadata(EXPORTS_DIR / "cnn.onnx")
-    if "members" in meta:
-        pytest.skip("the served classifier is an ensemble: its members are rebuilt from checkpoints")
+    path = EXPORTS_DIR / f"cnn-{name}.onnx"
+    meta = read_metadata(path)
     runs = [json.loads(p.read_text()) for p in (EXPORTS_DIR.parent / "results" / "cnn").glob("*/metrics.json")]
     (run,) = [m for m in runs if m["train_command"] == meta["train_command"]]
-    model = classifier_from_export(EXPORTS_DIR / "cnn.onnx", run["config"]["network"])
+    model = classifier_from_export(path, run["config"]["network"])
     images, labels = intel48_data.images["val"], intel48_data.labels["val"]
     with torch.inference_mode():
         logits = torch.cat([model(torch.from_numpy(images[i : i + 256])) for i in range(0, len(images), 256)])
