@@ -535,6 +535,7 @@ def test_committed_classifier_rebuilt_from_its_export_scores_its_recorded_valida
     member, `make ensemble-cnn-served`), gets as many validation images right as its metadata says."""
     from training.cnn_from_export import classifier_from_export
     from training.export_cnn import read_metadata
+    from training.train_cnn import logits_of
 
     path = EXPORTS_DIR / f"cnn-{name}.onnx"
     meta = read_metadata(path)
@@ -543,5 +544,5 @@ def test_committed_classifier_rebuilt_from_its_export_scores_its_recorded_valida
     model = classifier_from_export(path, run["config"]["network"])
     images, labels = intel48_data.images["val"], intel48_data.labels["val"]
     with torch.inference_mode():
-        logits = torch.cat([model(torch.from_numpy(images[i : i + 256])) for i in range(0, len(images), 256)])
+        logits = logits_of(model, torch.from_numpy(images))
     assert (logits.argmax(1).numpy() == labels).sum() == round(meta["metrics"]["val_acc"] * len(labels))

@@ -28,6 +28,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -92,20 +93,23 @@ def source(name: str, runs: Path, results: Path, exports: Path) -> Path | None:
     """Where a finished run's weights are: its best.pt, else the export of exports/ that is this run (same
     train_command), so that a served network joins on a machine without its checkpoint; None if neither."""
     metrics_path, best_path = results / name / "metrics.json", runs / name / "best.pt"
-    if best_path.exists() or not metrics_path.exists():
-        return best_path if best_path.exists() else None
+    if best_path.exists():
+        return best_path
+    if not metrics_path.exists():
+        return None
     command = json.loads(metrics_path.read_text())["train_command"]
     return next((p for p in sorted(exports.glob("cnn-*.onnx")) if read_metadata(p)["train_command"] == command), None)
 
 
-def load_candidate(name: str, runs: Path, results: Path, exports: Path, data) -> tuple[torch.nn.Module, dict]:
+def load_candidate(name: str, runs: Path, results: Path, exports: Path, fingerprint: str,
+                   val_images: np.ndarray) -> tuple[torch.nn.Module, dict]:  # fmt: skip
     """A finished run's classifier and its metrics, from its `source` (a classifier rebuilt from an export is
-    checked against ONNX Runtime on the validation images). SystemExit naming what is missing."""
+    checked against ONNX Runtime on `val_images`). SystemExit naming what is missing."""
     metrics_path, best_path = results / name / "metrics.json", runs / name / "best.pt"
     if not metrics_path.exists():
         raise SystemExit(f"error: {metrics_path} not found: train the run first (make train-{name})")
     metrics = json.loads(metrics_path.read_text())
-    if metrics["data_sha256"] != data.fingerprint():
+    if metrics["data_sha256"] != fingerprint:
         raise SystemExit(f"error: {name} was trained on other data (data_sha256 {metrics['data_sha256'][:12]}...)")
     path = source(name, runs, results, exports)
     if path is None:
@@ -114,7 +118,7 @@ def load_candidate(name: str, runs: Path, results: Path, exports: Path, data) ->
     if path == best_path:
         return load_classifier(best_path), metrics
     model = classifier_from_export(path, metrics["config"]["network"])
-    check_parity(model, path, data.images["val"])
+    check_parity(model, path, val_images)
     print(f"{name}: rebuilt from {path} (no {best_path} here)")
     return model, metrics
 
@@ -145,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
     runs, results, out, fingerprint = Path(args.runs_dir), Path(args.results), Path(args.out), data.fingerprint()
-    loaded = {name: load_candidate(name, runs, results, out, data) for name in dict.fromkeys(args.candidates)}
+    loaded = {name: load_candidate(name, runs, results, out, fingerprint, data.images["val"])
+              for name in dict.fromkeys(args.candidates)}  # fmt: skip
     split = {s: (torch.from_numpy(data.images[s]), torch.from_numpy(data.labels[s])) for s in ("val", "test")}
     logits = {name: logits_of(model, split["val"][0]) for name, (model, _) in loaded.items()}
     params = {name: count_parameters(model) for name, (model, _) in loaded.items()}
