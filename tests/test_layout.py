@@ -13,15 +13,15 @@ from tests.server import ROOT
 TARGETS = ["serve", "test", "train-cnn", "train-p2g", "train-resnet", "train-resnet-distilled", "train-resnet-ensemble",
            "train-resnet-trivial", "train-resnet-trivial-long", "train-resnet-long", "train-resnet-mixup",
            "train-resnet-narrow", "train-resnet-half", "train-resnet-half-nosmooth", "train-resnet-half-deep",
-           "train-resnet-half-seed1", "train-resnet-narrow-seed1",
+           "train-resnet-half-wd", "train-resnet-half-seed1", "train-resnet-narrow-seed1",
            "train-resnet-half-hires", "train-resnet-half-hires-seed1", "train-resnet-half-hires-bf16",
            "train-resnet-half-hires-bf16-seed1", "train-resnet-narrow-hires-bf16", "train-resnet-hires-bf16",
            "ensemble-cnn", "ensemble-cnn-hires", "ensemble-cnn-bf16", "ensemble-cnn-served",
            "train-transformer", "train-attention-large",
            "train-attention-deep", "train-attention-deep-seed1", "train-attention-distilled",
            "train-attention-deep-stress", "train-attention-deep-stress-seed1", "train-attention-large-stress",
-           "ensemble-p2g", "ensemble-p2g-stress", "quantize-p2g", "pair-p2g", "pair-p2g-stress", "beam-p2g", "peer-p2g",
-           "compare-p2g",
+           "ensemble-p2g", "ensemble-p2g-stress", "quantize-p2g", "quantize-p2g-single", "pair-p2g", "pair-p2g-stress",
+           "beam-p2g", "peer-p2g", "compare-p2g",
            "export", "bench", "build", "containerize", "container-smoke", "lint", "clean"]  # fmt: skip
 
 
