@@ -14,7 +14,7 @@ import torch
 from exports import EXPORTS_DIR, decoding
 from exports.metadata import speller_symbols, strip_stress
 from exports.runtime import SpellerGraphs, speller_prefixes
-from training.p2g_compare import EVALUATION_BATCH, decode_split, without_stress_rates
+from training.p2g_compare import EVALUATION_BATCH, batch_free, decode_split, without_stress_rates
 from training.p2g_data import Vocab, batches, cmudict_splits, spellings_by_key, split_of, tsv_splits
 from training.p2g_metrics import error_rates, wer_at_k
 from training.p2g_model import Speller, SpellerConfig, sequence_loss
@@ -388,11 +388,10 @@ def test_a_run_is_named_by_its_model_unless_given_a_name():
 
 
 def greedy_test_decoding(name: str, pairs) -> tuple[list[str], dict]:
-    """A speller's greedy spellings of pairs through ONNX Runtime, and its metadata. In the chunks the metrics were
-    computed in: an int8 copy quantizes activations per batch, so its spelling of a word may depend on the other
-    words of the batch."""
+    """A speller's greedy spellings of pairs through ONNX Runtime, and its metadata: batched by length where the
+    batch does not change a spelling (`batch_free`), else in the chunks the metrics were computed in."""
     graphs = SpellerGraphs(EXPORTS_DIR / f"p2g-{name}", threads=1)
-    found, _ = decode_split(graphs, pairs, "greedy", EVALUATION_BATCH, by_length=False)
+    found, _ = decode_split(graphs, pairs, "greedy", EVALUATION_BATCH, by_length=batch_free(graphs.metadata))
     return [options[0] for options in found], graphs.metadata
 
 
