@@ -11,7 +11,7 @@ THREADS ?= 2
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-cutout train-resnet-half-resized train-resnet-half-nosmooth train-resnet-half-deep train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 train-resnet-half-hires-sam ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 ensemble-cnn-served train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress train-attention-deep-stress-seed1 train-attention-large-stress ensemble-p2g ensemble-p2g-stress quantize-p2g quantize-p2g-single pair-p2g pair-p2g-stress beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
+.PHONY: help serve test train-cnn train-p2g train-resnet train-resnet-distilled train-resnet-ensemble train-resnet-trivial train-resnet-trivial-long train-resnet-long train-resnet-mixup train-resnet-narrow train-resnet-half train-resnet-half-cutout train-resnet-half-resized train-resnet-half-nosmooth train-resnet-half-trainval train-resnet-half-deep train-resnet-half-hires train-resnet-half-hires-bf16 train-resnet-narrow-hires-bf16 train-resnet-hires-bf16 train-resnet-half-hires-sam ensemble-cnn ensemble-cnn-hires ensemble-cnn-bf16 ensemble-cnn-served train-transformer train-attention-large train-attention-deep train-attention-deep-seed1 train-attention-distilled train-attention-stress train-attention-deep-stress train-attention-deep-stress-seed1 train-attention-large-stress ensemble-p2g ensemble-p2g-stress quantize-p2g quantize-p2g-single pair-p2g pair-p2g-stress beam-p2g compare-p2g peer-p2g peer-p2g-stress export export-cnn export-p2g bench build containerize container-smoke lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -121,6 +121,11 @@ train-resnet-half-resized: $(VENV)/.full ## ablation of augmentation: `resnet-ha
 train-resnet-half-nosmooth: $(VENV)/.full ## ablation of label smoothing: `resnet-half` trained on hard labels (0 instead of 0.1)
 	$(need_data)
 	$(RESNET) --network resnet-half --augment flip-crop --label-smoothing 0 --name resnet-half-nosmooth
+	$(PY) -m training.cnn_report
+
+train-resnet-half-trainval: $(VENV)/.full ## ablation of data: `resnet-half` fitted on train and val together, last epoch kept (only test measures it)
+	$(need_data)
+	$(RESNET) --network resnet-half --augment flip-crop --train-on-val --name resnet-half-trainval
 	$(PY) -m training.cnn_report
 
 # ablation of weight decay: `resnet-half` with another weight decay than 5e-4 (measured: wd1e-3, wd2e-4)

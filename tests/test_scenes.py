@@ -369,18 +369,25 @@ def test_residual_network_fits_the_parameter_budget():
     assert model(torch.zeros(2, 48, 48, 3, dtype=torch.uint8)).shape == (2, 6)
 
 
-def test_a_short_run_trains_in_channels_last_and_its_checkpoints_load_as_usual(tmp_path):
-    """train() end to end on a small synthetic data set: a checkpoint of the channels_last model loads into
-    the plain model (load_classifier) with the same logits, and --resume continues after the last epoch."""
+def learnable_scenes():
+    """A small synthetic data set with a learnable signal: the class darkens one colour channel."""
     from training.scenes import SceneData
-    from training.train_cnn import Config, load_classifier, train
 
     rng = np.random.default_rng(0)
     labels = {split: np.arange(n) % 6 for split, n in (("train", 48), ("val", 24), ("test", 24))}
     images = {split: rng.integers(0, 256, (len(y), 48, 48, 3), dtype=np.uint8) for split, y in labels.items()}
-    for split, y in labels.items():  # a learnable signal: the class darkens one colour channel
+    for split, y in labels.items():
         images[split][np.arange(len(y)), :, :, y % 3] //= (1 + y // 3).astype(np.uint8)[:, None, None]
-    data = SceneData(images, labels, CLASS_NAMES, source="synthetic")
+    return SceneData(images, labels, CLASS_NAMES, source="synthetic")
+
+
+def test_a_short_run_trains_in_channels_last_and_its_checkpoints_load_as_usual(tmp_path):
+    """train() end to end on a small synthetic data set: a checkpoint of the channels_last model loads into
+    the plain model (load_classifier) with the same logits, and --resume continues after the last epoch."""
+    from training.train_cnn import Config, load_classifier, train
+
+    data = learnable_scenes()
+    images = data.images
     config = Config(network="bn-gap", lr=0.05, epochs=1, batch_size=16, augment="flip-crop", threads=1)
     runs, results = tmp_path / "runs", tmp_path / "results"
     metrics = train(config, data, runs, results, resume=False)
@@ -396,6 +403,34 @@ def test_a_short_run_trains_in_channels_last_and_its_checkpoints_load_as_usual(t
 
     resumed = train(Config(**{**metrics["config"], "epochs": 2}), data, runs, results, resume=True)
     assert [row["epoch"] for row in resumed["history"]] == [1, 2]
+
+
+def test_a_run_fitted_on_val_too_keeps_its_last_epoch_and_nothing_is_chosen_by_its_validation(tmp_path, capsys):
+    """--train-on-val: every epoch steps through train and val (one-cycle counts their batches), the last epoch is
+    kept whatever validation says, the tables mark its validation accuracy as seen, and neither export nor
+    ensemble picks it by validation."""
+    from training import ensemble_cnn
+    from training.cnn_report import ablation, table
+    from training.export_cnn import best_runs
+    from training.train_cnn import Config, train
+
+    data = learnable_scenes()
+    config = Config(network="bn-gap", lr=0.05, epochs=3, batch_size=16, schedule="onecycle", train_on_val=True,
+                    threads=1, run_name="fitted")  # fmt: skip
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    metrics = train(config, data, runs / "fitted", results / "fitted", resume=False)
+    # 48 + 24 images in batches of 16: 5 steps an epoch; OneCycleLR raises on a step beyond epochs * steps
+    assert metrics["best_epoch"] == 3 and metrics["val_acc"] == metrics["history"][-1]["val_acc"]
+    assert "--train-on-val" in metrics["train_command"].split()
+    assert "| fitted | 755,718 | 3/3 | " + f"{metrics['val_acc']:.4f} (seen) |" in table([metrics])
+    baseline = {**metrics, "name": "resnet", "config": {**metrics["config"], "train_on_val": False}}
+    assert f"| train_on_val False -> True | {metrics['val_acc']:.4f} (seen) | - |" in ablation([baseline, metrics])
+    assert best_runs(results) == {}
+    arrays = {f"{split}_{kind}": getattr(data, kind)[split] for split in data.images for kind in ("images", "labels")}
+    np.savez(tmp_path / "scenes.npz", class_names=np.array(CLASS_NAMES), **arrays)
+    where = ["--data", str(tmp_path / "scenes.npz"), "--runs-dir", str(runs), "--results", str(results)]
+    with pytest.raises(SystemExit, match="fitted was fitted on the validation split too"):
+        ensemble_cnn.main(["--candidates", "fitted", "other", *where])
 
 
 def test_ensemble_is_chosen_on_validation_within_the_budget_and_exports_the_mean_of_its_members(tmp_path, capsys):

@@ -6,7 +6,8 @@ Beside each run's best-epoch accuracy it shows what training measured for the ab
 averaging, the last epoch's raw weights against their exponential moving average, and the accuracy of the
 distillation teacher (one run, or the logit average of several). A second table
 sets every other run against the baseline run (`resnet`): what its configuration changes, and by how
-much that moved validation accuracy.
+much that moved validation accuracy. A run fitted on the validation split too (--train-on-val) has its validation
+accuracy marked "(seen)" and no change in it: only its test accuracy measures it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from training.sweep_cnn import NETWORKS as REFERENCE_NETWORKS
-from training.train_cnn import Config
+from training.train_cnn import Config, saw_validation
+
+
+def val_cell(m: dict) -> str:
+    """A run's validation accuracy, marked where the run was fitted on the validation split too."""
+    return f"{m['val_acc']:.4f} (seen)" if saw_validation(m) else f"{m['val_acc']:.4f}"
 
 
 def table(runs: list[dict]) -> str:
@@ -34,7 +40,7 @@ def table(runs: list[dict]) -> str:
         teacher = m.get("teacher")
         taught = f"{teacher['val_acc']:.4f} / {teacher['test_acc']:.4f}" if teacher else "-"
         rows.append(
-            f"| {m['name']} | {m['params']:,} | {m['best_epoch']}/{m['config']['epochs']} | {m['val_acc']:.4f} "
+            f"| {m['name']} | {m['params']:,} | {m['best_epoch']}/{m['config']['epochs']} | {val_cell(m)} "
             f"| {m['test_acc']:.4f} | {flipped} | {ema} | {taught} | {m['train_seconds'] / 60:.0f} min |"
         )
     return "\n".join(rows) + "\n"
@@ -64,9 +70,10 @@ def ablation(runs: list[dict], baseline_name: str = BASELINE) -> str:
     for m in runs:
         if m is baseline:
             continue
+        moved = "-" if saw_validation(m) else f"{m['val_acc'] - baseline['val_acc']:+.4f}"
         rows.append(
-            f"| {m['name']} | {changes(m['config'], baseline['config'])} | {m['val_acc']:.4f} "
-            f"| {m['val_acc'] - baseline['val_acc']:+.4f} | {m['test_acc']:.4f} | {m['train_seconds'] / 60:.0f} min |"
+            f"| {m['name']} | {changes(m['config'], baseline['config'])} | {val_cell(m)} "
+            f"| {moved} | {m['test_acc']:.4f} | {m['train_seconds'] / 60:.0f} min |"
         )
     return "\n".join(rows) + "\n" if len(rows) > 2 else ""
 

@@ -37,7 +37,7 @@ from training.cnn import LogitAveraged, count_parameters
 from training.cnn_from_export import classifier_from_export
 from training.export_cnn import check_parity, export_classifier, read_metadata, record_parity, served_default
 from training.scenes import DataError, load_scenes
-from training.train_cnn import DEFAULT_DATA, load_classifier, logits_of
+from training.train_cnn import DEFAULT_DATA, load_classifier, logits_of, saw_validation
 
 BUDGET = 3_000_000  # issue #10: at most 3M parameters in the served network
 
@@ -109,6 +109,9 @@ def load_candidate(name: str, runs: Path, results: Path, exports: Path, fingerpr
     if not metrics_path.exists():
         raise SystemExit(f"error: {metrics_path} not found: train the run first (make train-{name})")
     metrics = json.loads(metrics_path.read_text())
+    if saw_validation(metrics):
+        raise SystemExit(f"error: {name} was fitted on the validation split too (--train-on-val): it cannot be "
+                         "chosen on it")  # fmt: skip
     if metrics["data_sha256"] != fingerprint:
         raise SystemExit(f"error: {name} was trained on other data (data_sha256 {metrics['data_sha256'][:12]}...)")
     path = source(name, runs, results, exports)

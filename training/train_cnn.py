@@ -1,4 +1,5 @@
-"""Train one scene CNN with SGD; keep the checkpoint with the best validation accuracy.
+"""Train one scene CNN with SGD; keep the checkpoint with the best validation accuracy (with --train-on-val,
+which fits the validation split too, the last one).
 
     python -m training.train_cnn --network bn-gap --lr 0.01 --epochs 40
     python -m training.train_cnn --network resnet --lr 0.2 --epochs 30 --augment resized-crop \
@@ -51,6 +52,7 @@ class Config:
     temperature: float = 2.0  # softmax temperature of the distillation term
     bf16: bool = False  # forward and loss under CPU autocast to bfloat16 (AMX); weights, optimizer, eval stay fp32
     sam: float = 0.0  # radius rho of sharpness-aware minimisation (two passes a step); 0 = plain SGD steps
+    train_on_val: bool = False  # fit on train and val together and keep the last epoch: only test then measures it
     seed: int = 0
     data: str = DEFAULT_DATA
     run_name: str = ""
@@ -79,6 +81,12 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     logits = logits_of(model, images, batch_size)
     predictions = logits.argmax(1)
     return F.cross_entropy(logits, labels).item(), (predictions == labels).float().mean().item(), predictions
+
+
+def saw_validation(metrics: dict) -> bool:
+    """Whether a finished run was fitted on the validation split too (--train-on-val): its validation accuracy is
+    then of seen images, so nothing may be chosen by it (exports, ensembles); only test measures the run."""
+    return metrics.get("config", {}).get("train_on_val", False)
 
 
 def load_classifier(path: Path) -> SceneClassifier:
@@ -172,6 +180,9 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
     torch.set_num_threads(config.threads)
     tensors = {s: (torch.from_numpy(data.images[s]), torch.from_numpy(data.labels[s])) for s in data.images}
     mean, std = channel_stats(data.images["train"])
+    fitted = tensors["train"]
+    if config.train_on_val:  # validation accuracy is then of seen images: still logged, never used to choose
+        fitted = tuple(torch.cat([tensors["train"][i], tensors["val"][i]]) for i in range(2))
     # channels_last: oneDNN's own layout for convolutions on a CPU, so no reordering before and after each one.
     # The arithmetic is the same; checkpoints load into a model of either layout.
     model = SceneClassifier(config.network, mean, std).to(memory_format=torch.channels_last)
@@ -182,7 +193,7 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
         weight_decay=config.weight_decay,
         nesterov=config.nesterov,
     )
-    steps = (len(tensors["train"][0]) + config.batch_size - 1) // config.batch_size
+    steps = (len(fitted[0]) + config.batch_size - 1) // config.batch_size
     schedule = (
         torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, epochs=config.epochs, steps_per_epoch=steps)
         if config.schedule == "onecycle"
@@ -207,7 +218,7 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         train_loss = train_epoch(
-            model, optimizer, schedule, ema, *tensors["train"], config, generator, f"{config.name} {epoch}", teacher
+            model, optimizer, schedule, ema, *fitted, config, generator, f"{config.name} {epoch}", teacher
         )
         val_loss, val_acc, _ = evaluate(evaluated, *tensors["val"])
         seconds = time.perf_counter() - start
@@ -219,7 +230,7 @@ def train(config: Config, data: SceneData, run_dir: Path, results_dir: Path, res
             f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  {seconds:.1f}s",
             flush=True,
         )
-        if val_acc > best["val_acc"]:
+        if val_acc > best["val_acc"] or config.train_on_val:
             best = {"val_acc": val_acc, "epoch": epoch}
             state = evaluated.state_dict()
             checkpoint.save(run_dir / "best.pt", model=state, network=config.network, mean=mean, std=std)
@@ -285,6 +296,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
         "--bf16",
         action="store_true",
         help="train under CPU autocast to bfloat16: about 1.9x faster on a CPU with AMX, same fp32 weights",
+    )
+    parser.add_argument(
+        "--train-on-val",
+        action="store_true",
+        help="fit on the train and validation splits together and keep the last epoch (only test then measures it)",
     )
     parser.add_argument(
         "--teacher",
