@@ -405,7 +405,7 @@ def test_a_short_run_trains_in_channels_last_and_its_checkpoints_load_as_usual(t
     assert [row["epoch"] for row in resumed["history"]] == [1, 2]
 
 
-def test_a_run_fitted_on_val_too_keeps_its_last_epoch_and_nothing_is_chosen_by_its_validation(tmp_path, capsys):
+def test_a_run_fitted_on_val_too_keeps_its_last_epoch_and_nothing_is_chosen_by_its_validation(tmp_path):
     """--train-on-val: every epoch steps through train and val (one-cycle counts their batches), the last epoch is
     kept whatever validation says, the tables mark its validation accuracy as seen, and neither export nor
     ensemble picks it by validation."""
