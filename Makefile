@@ -113,6 +113,16 @@ train-resnet-half-cutout: $(VENV)/.full ## ablation of augmentation: `resnet-hal
 	$(RESNET) --network resnet-half --augment flip-crop-cutout --name resnet-half-cutout
 	$(PY) -m training.cnn_report
 
+train-resnet-half-cutmix: $(VENV)/.full ## ablation of batch mixing: `resnet-half` with CutMix (alpha 1, every batch) after flips and crops
+	$(need_data)
+	$(RESNET) --network resnet-half --augment flip-crop --cutmix 1.0 --name resnet-half-cutmix
+	$(PY) -m training.cnn_report
+
+train-resnet-half-mixup: $(VENV)/.full ## ablation of batch mixing: `resnet-half` with mixup (alpha 0.2, every batch), over the usual 45 epochs
+	$(need_data)
+	$(RESNET) --network resnet-half --augment flip-crop --mixup 0.2 --name resnet-half-mixup
+	$(PY) -m training.cnn_report
+
 train-resnet-half-resized: $(VENV)/.full ## ablation of augmentation: `resnet-half` with random resized crops and colour jitter instead
 	$(need_data)
 	$(RESNET) --network resnet-half --augment resized-crop --name resnet-half-resized

@@ -316,6 +316,30 @@ def test_cutout_fills_one_square_per_image_with_the_batch_mean_and_leaves_the_re
     assert max(areas) == 256 and min(areas) < 256
 
 
+def test_cutmix_pastes_one_box_of_a_partner_and_mixes_the_labels_by_the_area_kept():
+    from training.augment import cutmix
+
+    torch.manual_seed(0)
+    images = torch.arange(8).float().view(8, 1, 1, 1).expand(8, 48, 48, 3).contiguous()  # image i is all i
+    labels = torch.arange(8) % 6
+    areas = set()
+    for seed in range(20):
+        mixed, targets = cutmix(images, labels, 6, 1.0, torch.Generator().manual_seed(seed))
+        assert mixed.shape == images.shape and torch.allclose(targets.sum(1), torch.ones(8))
+        pasted = mixed[..., 0] != images[..., 0]
+        box = pasted.any(0)  # an image drawn as its own partner shows no box
+        rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+        assert box.sum() == len(rows) * len(cols)  # one rectangle
+        kept = 1 - box.float().mean()
+        areas.add(round(float(kept), 3))
+        for i in range(8):
+            assert torch.equal(pasted[i], box) or not pasted[i].any()
+            partner = int(mixed[i][box][0, 0]) if box.any() else i
+            expected = kept * F.one_hot(labels[i], 6) + (1 - kept) * F.one_hot(labels[partner], 6)
+            assert torch.allclose(targets[i], expected.float(), atol=1e-6)
+    assert len(areas) > 5  # the area kept varies with the Beta draw
+
+
 def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
     from training.train_cnn import distillation_loss
 

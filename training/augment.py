@@ -93,3 +93,21 @@ def mixup(images: torch.Tensor, labels: torch.Tensor, classes: int, alpha: float
     order = torch.randperm(len(images), generator=generator)
     targets = F.one_hot(labels, classes).float()
     return weight * images + (1 - weight) * images[order], weight * targets + (1 - weight) * targets[order]
+
+
+def cutmix(images: torch.Tensor, labels: torch.Tensor, classes: int, alpha: float, generator: torch.Generator):
+    """CutMix (Yun et al., 2019): paste into each NHWC image one box of another of the batch, the same box for
+    all, of area fraction 1 - weight with weight ~ Beta(alpha, alpha) and centred anywhere (clipped at the edges);
+    the one-hot labels mix by the area actually kept."""
+    weight = torch.distributions.Beta(alpha, alpha).sample().item()
+    order = torch.randperm(len(images), generator=generator)
+    _, h, w, _ = images.shape
+    box_h, box_w = round(h * (1 - weight) ** 0.5), round(w * (1 - weight) ** 0.5)
+    cy, cx = (torch.randint(0, size, (1,), generator=generator).item() for size in (h, w))
+    top, bottom = max(cy - box_h // 2, 0), min(cy - box_h // 2 + box_h, h)
+    left, right = max(cx - box_w // 2, 0), min(cx - box_w // 2 + box_w, w)
+    mixed = images.clone()
+    mixed[:, top:bottom, left:right] = images[order, top:bottom, left:right]
+    kept = 1 - (bottom - top) * (right - left) / (h * w)
+    targets = F.one_hot(labels, classes).float()
+    return mixed, kept * targets + (1 - kept) * targets[order]

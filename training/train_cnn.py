@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training import checkpoint
-from training.augment import AUGMENTATIONS, mixup
+from training.augment import AUGMENTATIONS, cutmix, mixup
 from training.bfloat16 import bf16_supported, cpu_name
 from training.cnn import NETWORKS, NUM_CLASSES, FlipAveraged, LogitAveraged, SceneClassifier, count_parameters
 from training.plots import plot_curves
@@ -45,6 +45,7 @@ class Config:
     schedule: str = "constant"  # or "onecycle": warm up to lr, then anneal, stepped every batch
     augment: str = "none"  # a key of training.augment.AUGMENTATIONS
     mixup: float = 0.0  # Beta(alpha, alpha) mixing weight; 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) area kept of each image, the rest a box of another; 0 = off
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and kept; 0 = off
     teacher: str = ""  # best.pt of other runs, comma-separated: distil their (mean) soft labels into this network
@@ -145,6 +146,8 @@ def train_epoch(model, optimizer, schedule, ema, images, labels, config: Config,
             inputs = augment(inputs, generator)
         if config.mixup:
             inputs, targets = mixup(inputs.float(), targets, NUM_CLASSES, config.mixup, generator)
+        if config.cutmix:
+            inputs, targets = cutmix(inputs.float(), targets, NUM_CLASSES, config.cutmix, generator)
         teacher_logits = None
         if teacher is not None:
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
@@ -287,7 +290,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Config()
     parser.add_argument("--network", choices=sorted(NETWORKS), default=defaults.network)
-    for key in ("lr", "momentum", "weight_decay", "mixup", "label_smoothing", "ema", "distill", "temperature", "sam"):
+    for key in (
+        "lr",
+        "momentum",
+        "weight_decay",
+        "mixup",
+        "cutmix",
+        "label_smoothing",
+        "ema",
+        "distill",
+        "temperature",
+        "sam",
+    ):
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=getattr(defaults, key))
     for key in ("epochs", "batch_size", "seed", "threads"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(defaults, key))
@@ -315,6 +329,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     parser.add_argument("--results", default="results/cnn", help="metrics.json and curves.png go to RESULTS/<name>/")
     parser.add_argument("--resume", action="store_true", help="continue from RUNS/<name>/last.pt if present")
     args = parser.parse_args(argv)
+    if args.mixup and args.cutmix:
+        parser.error("--mixup and --cutmix mix the same batch twice: choose one")
     config = Config(**{k: getattr(args, k) for k in asdict(defaults)})
     return config, args
 
