@@ -14,6 +14,7 @@ TARGETS = ["serve", "test", "train-cnn", "train-p2g", "train-resnet", "train-res
            "train-resnet-trivial", "train-resnet-trivial-long", "train-resnet-long", "train-resnet-mixup",
            "train-resnet-narrow", "train-resnet-half", "train-resnet-half-nosmooth", "train-resnet-half-deep",
            "train-resnet-half-trainval", "train-resnet-half-cutmix", "train-resnet-half-mixup",
+           "train-resnet-narrow-mixup",
            "train-resnet-half-wd1e-3", "train-resnet-half-wd2e-4",
            "train-resnet-half-seed1", "train-resnet-narrow-seed1",
            "train-resnet-half-hires", "train-resnet-half-hires-seed1", "train-resnet-half-hires-bf16",
