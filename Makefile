@@ -123,7 +123,7 @@ train-resnet-half-mixup: $(VENV)/.full ## ablation of batch mixing: `resnet-half
 	$(RESNET) --network resnet-half --augment flip-crop --mixup 0.2 --name resnet-half-mixup
 	$(PY) -m training.cnn_report
 
-train-resnet-narrow-mixup: $(VENV)/.full ## `resnet-narrow` (the served network) with mixup (alpha 0.2, every batch): about 1 h on 2 threads
+train-resnet-narrow-mixup: $(VENV)/.full ## `resnet-narrow` (the served network) with mixup (alpha 0.2, every batch): 40 min on 2 threads
 	$(need_data)
 	$(RESNET) --network resnet-narrow --augment flip-crop --mixup 0.2 --name resnet-narrow-mixup
 	$(PY) -m training.cnn_report
