@@ -34,10 +34,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# the vector extensions that set the speed of the convolutions and of bfloat16 here (hosts of one name differ)
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
 def machine(threads: int, speller_threads: int) -> dict:
+    flags = cpu_flags()
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "CPU": f"{cpu_model()}, {os.cpu_count()} cores",
+        "vector extensions": ", ".join(flag for flag in VECTOR_FLAGS if flag in flags)
+        or "none of " + ", ".join(VECTOR_FLAGS),
         "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
         "system": platform.platform(),
         "Python": platform.python_version(),

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +48,9 @@ def test_every_table_is_written_and_printed(quick_run):
         assert heading in markdown, heading
     assert markdown.strip() in stdout
     assert not re.search(r"\bnan\b", markdown, re.IGNORECASE)
+    flags = Path("/proc/cpuinfo").read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| vector extensions |"))
+    assert ("avx2" in row) == (" avx2" in flags)  # the machine table names what sets the speed of the convolutions
 
 
 @pytest.mark.slow
