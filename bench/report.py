@@ -23,31 +23,25 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The value of `field` for the first processor in /proc/cpuinfo (None where there is none)."""
     try:
         with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith(field)), None)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+
+
+def cpu_model() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 # the vector extensions that set the speed of the convolutions and of bfloat16 here (hosts of one name differ)
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
-    except OSError:
-        return set()
-
-
 def machine(threads: int, speller_threads: int) -> dict:
-    flags = cpu_flags()
+    flags = set((cpuinfo("flags") or "").split())
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "CPU": f"{cpu_model()}, {os.cpu_count()} cores",

@@ -340,6 +340,16 @@ def test_cutmix_pastes_one_box_of_a_partner_and_mixes_the_labels_by_the_area_kep
     assert len(areas) > 5  # the area kept varies with the Beta draw
 
 
+def test_mixup_and_cutmix_are_refused_together_by_the_config_and_the_command_line():
+    from training.train_cnn import Config, parse_args
+
+    with pytest.raises(ValueError, match="mix the same batch twice"):
+        Config(mixup=0.2, cutmix=1.0)
+    with pytest.raises(SystemExit):
+        parse_args(["--mixup", "0.2", "--cutmix", "1.0"])
+    assert parse_args(["--cutmix", "1.0"])[0].cutmix == 1.0
+
+
 def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
     from training.train_cnn import distillation_loss
 

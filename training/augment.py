@@ -87,12 +87,17 @@ AUGMENTATIONS = {
 }
 
 
+def mixed_targets(labels: torch.Tensor, order: torch.Tensor, classes: int, weight: float) -> torch.Tensor:
+    """Each one-hot label with weight `weight`, the label of its partner `order` with the rest."""
+    targets = F.one_hot(labels, classes).float()
+    return weight * targets + (1 - weight) * targets[order]
+
+
 def mixup(images: torch.Tensor, labels: torch.Tensor, classes: int, alpha: float, generator: torch.Generator):
     """Blend each image and its one-hot label with another of the batch, weight ~ Beta(alpha, alpha)."""
     weight = torch.distributions.Beta(alpha, alpha).sample().item() if alpha > 0 else 1.0
     order = torch.randperm(len(images), generator=generator)
-    targets = F.one_hot(labels, classes).float()
-    return weight * images + (1 - weight) * images[order], weight * targets + (1 - weight) * targets[order]
+    return weight * images + (1 - weight) * images[order], mixed_targets(labels, order, classes, weight)
 
 
 def cutmix(images: torch.Tensor, labels: torch.Tensor, classes: int, alpha: float, generator: torch.Generator):
@@ -109,5 +114,4 @@ def cutmix(images: torch.Tensor, labels: torch.Tensor, classes: int, alpha: floa
     mixed = images.clone()
     mixed[:, top:bottom, left:right] = images[order, top:bottom, left:right]
     kept = 1 - (bottom - top) * (right - left) / (h * w)
-    targets = F.one_hot(labels, classes).float()
-    return mixed, kept * targets + (1 - kept) * targets[order]
+    return mixed, mixed_targets(labels, order, classes, kept)

@@ -59,6 +59,10 @@ class Config:
     run_name: str = ""
     threads: int = 2
 
+    def __post_init__(self):
+        if self.mixup and self.cutmix:
+            raise ValueError("--mixup and --cutmix mix the same batch twice: choose one")
+
     @property
     def name(self) -> str:
         return self.run_name or f"{self.network}-lr{self.lr:g}"
@@ -329,9 +333,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     parser.add_argument("--results", default="results/cnn", help="metrics.json and curves.png go to RESULTS/<name>/")
     parser.add_argument("--resume", action="store_true", help="continue from RUNS/<name>/last.pt if present")
     args = parser.parse_args(argv)
-    if args.mixup and args.cutmix:
-        parser.error("--mixup and --cutmix mix the same batch twice: choose one")
-    config = Config(**{k: getattr(args, k) for k in asdict(defaults)})
+    try:
+        config = Config(**{k: getattr(args, k) for k in asdict(defaults)})
+    except ValueError as error:
+        parser.error(str(error))
     return config, args
 
 
